@@ -1,0 +1,47 @@
+import pytest
+import torch
+from torch import nn
+
+from sparseforge.profile.latency import model_latency
+from sparseforge.profile.timing import Timing
+
+
+def test_one_timing_per_batch_size():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 4))
+    result = model_latency(model, (3, 4), batch_sizes=(1, 8), repeats=3)
+    assert sorted(result) == [1, 8]
+    assert all(isinstance(t, Timing) and t.repeats == 3 for t in result.values())
+
+
+def test_restores_thread_count_and_training_flag():
+    before = torch.get_num_threads()
+    target = 1 if before != 1 else 2
+    seen_threads = []
+    model = nn.Linear(4, 2)
+    model.register_forward_pre_hook(lambda m, i: seen_threads.append(torch.get_num_threads()))
+    model.train()
+    model_latency(model, (4,), batch_sizes=(2,), threads=target, repeats=2)
+    assert set(seen_threads) == {target}
+    assert torch.get_num_threads() == before
+    assert model.training
+
+
+def test_restores_thread_count_when_forward_fails():
+    before = torch.get_num_threads()
+    with pytest.raises(RuntimeError):
+        model_latency(nn.Linear(4, 2), (5,), threads=1, repeats=1)
+    assert torch.get_num_threads() == before
+
+
+def test_runs_in_inference_mode():
+    seen = []
+    model = nn.Linear(2, 2)
+    model.register_forward_pre_hook(lambda m, i: seen.append(torch.is_inference_mode_enabled()))
+    model_latency(model, (2,), batch_sizes=(1,), repeats=1)
+    assert seen and all(seen)
+
+
+@pytest.mark.parametrize("kwargs", [{"threads": 0}, {"batch_sizes": ()}, {"batch_sizes": (0,)}])
+def test_rejects_bad_arguments(kwargs):
+    with pytest.raises(ValueError):
+        model_latency(nn.Linear(2, 2), (2,), **kwargs)
