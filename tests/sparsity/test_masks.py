@@ -1,3 +1,4 @@
+import copy
 import io
 
 import pytest
@@ -77,6 +78,18 @@ def test_bake_leaves_plain_parameters_with_the_zeros():
     assert set(model.state_dict()) == set(small_net().state_dict())
     assert torch.equal(model(x), expected)
     assert abs(1 - torch.count_nonzero(model[0].weight).item() / model[0].weight.numel() - 0.7) < 0.01
+
+
+def test_baking_a_copy_leaves_the_original_masked():
+    model = small_net()
+    prune(model, "unstructured", 0.7)
+    x = torch.randn(2, 3, 8, 8)
+    expected = model(x)
+    baked = bake_masks(copy.deepcopy(model))
+    assert not list(masked_modules(baked)) and len(list(masked_modules(model))) == 2
+    assert torch.equal(model(x), expected) and torch.equal(baked(x), expected)
+    bake_masks(model)  # and the original still bakes
+    assert torch.equal(model(x), expected)
 
 
 def test_global_allocation_matches_global_magnitude_threshold():

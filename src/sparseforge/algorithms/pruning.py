@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import torch
 from pydantic import model_validator
 from torch import Tensor, nn
 
-from ..sparsity import CRITERIA, PruningSpec, TaylorAccumulator, apply_mask, compute_masks
+from ..sparsity import CRITERIA, PruningSpec, TaylorAccumulator, apply_mask, compute_masks, get_mask
 from ..sparsity.spec import Fraction
 
 if TYPE_CHECKING:
@@ -52,6 +53,11 @@ class MaskedLayers:
     """The layers a pruning modifier owns and the statistics its criterion needs."""
 
     def __init__(self, layers: dict[str, nn.Module], spec: PruningSpec) -> None:
+        # Masks (all kept) go on at once, before any DDP wrapping: DDP's gradient hooks do not
+        # fire for a parametrization registered after the model was wrapped.
+        for module in layers.values():
+            if get_mask(module) is None:
+                apply_mask(module, torch.ones_like(module.weight, dtype=torch.bool))
         self.layers = layers
         self.spec = spec
         self.needs_grad = CRITERIA.get(spec.criterion).needs_grad

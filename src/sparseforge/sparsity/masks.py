@@ -60,9 +60,19 @@ def masked_modules(model: nn.Module, name: str = "weight") -> Iterator[tuple[str
 
 def bake_masks(model: nn.Module) -> nn.Module:
     """Remove every mask parametrization, leaving the masked (zeroed) weights as plain
-    parameters: the model then saves and loads like any dense model."""
+    parameters: the model then saves and loads like any dense model. Safe on a deepcopy: the
+    copy shares its parametrized class with the original, which torch's
+    `remove_parametrizations` would edit (deleting `weight` from the original too), so a
+    module masked only by us is restored by resetting the instance's class instead."""
     for _, module in list(masked_modules(model)):
-        parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+        plist = module.parametrizations
+        if set(plist) == {"weight"} and len(plist["weight"]) == 1:
+            baked = nn.Parameter(module.weight.detach().clone(), plist["weight"].original.requires_grad)
+            module.__class__ = module.__class__.__bases__[0]
+            del module._modules["parametrizations"]
+            module.register_parameter("weight", baked)
+        else:
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
     return model
 
 

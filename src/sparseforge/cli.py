@@ -1,0 +1,110 @@
+"""The `sparseforge` command line: thin verbs over the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .train import train
+
+    run_dir = train(args.recipe, args.out, resume=args.resume)
+    print(f"run written to {run_dir} (report: {run_dir / 'report.html'})")
+    return 0
+
+
+def _compress(args: argparse.Namespace) -> int:
+    from .recipe import load_recipe
+    from .train import train
+
+    recipe = load_recipe(args.recipe)
+    if not recipe.modifiers:
+        print(f"error: {args.recipe} has no modifiers: nothing to compress "
+              "(use `sparseforge train` for dense training)", file=sys.stderr)
+        return 2
+    run_dir = train(recipe, args.out, resume=args.resume)
+    print(f"compressed run written to {run_dir} (report: {run_dir / 'report.html'})")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from .evaluate import load_run, write_summary
+
+    recipe, splits, model = load_run(args.run_dir)
+    summary = write_summary(Path(args.run_dir), recipe, splits, model, None, False)
+    print(json.dumps(summary["compressed"], indent=2))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .report import compare_runs, write_report
+
+    if len(args.run_dirs) == 1:
+        path = write_report(Path(args.run_dirs[0]))
+    else:
+        path = compare_runs([Path(d) for d in args.run_dirs], Path(args.out))
+    print(f"report written to {path}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    path = run_demo(Path(args.out), quick=args.quick, data_root=args.data_root)
+    print(f"demo finished; comparison report: {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sparseforge", description="Make trained PyTorch models smaller and measurably faster."
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a recipe (dense or with modifiers) into a run folder")
+    t.add_argument("recipe", help="recipe YAML file")
+    t.add_argument("--out", help="run folder (default: the recipe's output.dir)")
+    t.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    t.set_defaults(fn=_train)
+
+    c = sub.add_parser("compress", help="sparsify a model with a recipe's modifiers and fine-tune it")
+    c.add_argument("recipe", help="recipe YAML file with at least one modifier")
+    c.add_argument("--out", required=True, help="run folder to write")
+    c.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    c.set_defaults(fn=_compress)
+
+    e = sub.add_parser("eval", help="re-measure a finished run (test accuracy, size, FLOPs, latency)")
+    e.add_argument("run_dir", help="run folder written by train or compress")
+    e.set_defaults(fn=_eval)
+
+    r = sub.add_parser("report", help="render a run's report, or compare several runs")
+    r.add_argument("run_dirs", nargs="+", help="one run folder, or several to compare")
+    r.add_argument("--out", default="runs/compare", help="folder for a comparison report")
+    r.set_defaults(fn=_report)
+
+    d = sub.add_parser("demo", help="Fashion-MNIST: train dense, prune 90%% gradually, report")
+    d.add_argument("--out", default="runs/demo", help="folder for the demo's runs")
+    d.add_argument("--data-root", help="folder with the Fashion-MNIST IDX files")
+    d.add_argument("--quick", action="store_true", help="a one-minute smoke version")
+    d.set_defaults(fn=_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError, ImportError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    except RuntimeError as err:  # TrainingDiverged and friends: say it, exit non-zero
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

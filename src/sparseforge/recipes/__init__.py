@@ -1,0 +1,1 @@
+"""Ready recipes shipped with the package; each is exercised by a test."""
