@@ -7,12 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-IDX_STEMS = {
-    "train_images": "train-images-idx3-ubyte",
-    "train_labels": "train-labels-idx1-ubyte",
-    "test_images": "t10k-images-idx3-ubyte",
-    "test_labels": "t10k-labels-idx1-ubyte",
-}
+from sparseforge.data.fashion_mnist import FILES
 
 
 def idx_bytes(array: np.ndarray, code: int = 0x08) -> bytes:
@@ -40,13 +35,25 @@ def write_idx_dataset(root: Path, n_train: int = 200, n_test: int = 50, gz: bool
         "test_images": test_images, "test_labels": test_labels,
     }
     root.mkdir(parents=True, exist_ok=True)
-    for key, stem in IDX_STEMS.items():
+    for key, stem in FILES.items():
         data = idx_bytes(arrays[key])
         if gz:
             (root / f"{stem}.gz").write_bytes(gzip.compress(data))
         else:
             (root / stem).write_bytes(data)
     return arrays
+
+
+@pytest.fixture
+def encode_idx():
+    """`idx_bytes` for tests that build IDX files by hand."""
+    return idx_bytes
+
+
+@pytest.fixture
+def write_fmnist():
+    """`write_idx_dataset(root, n_train, n_test, gz)` for tests that need their own sizes."""
+    return write_idx_dataset
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import torch
 from sparseforge.checkpoint import load_weights_only
 from sparseforge.evaluate import load_run
 from sparseforge.sparsity import global_sparsity, load_masked_state_dict
-from sparseforge.train import TrainingDiverged, lr_at, train
+from sparseforge.trainer import TrainingDiverged, lr_at, train
 
 GMP = [{"type": "gmp", "sparsity": 0.8, "start_epoch": 0.5, "end_epoch": 2, "update_every": 0.25}]
 
@@ -43,7 +43,7 @@ def test_resume_after_a_kill_equals_the_uninterrupted_run(make_recipe, tmp_path,
     recipe = make_recipe(modifiers=GMP, data={"augment": True})
     straight = train(recipe, tmp_path / "straight", progress=False)
 
-    import sparseforge.train as trainer
+    import sparseforge.trainer as trainer
 
     real_save = trainer.save_atomic
 
@@ -106,3 +106,10 @@ def test_lr_schedule_warmup_and_cosine():
     assert lr_at(100, cfg, 10) == pytest.approx(0.0)
     step = TrainConfig(epochs=10, optimizer={"lr": 1.0}, lr_schedule={"name": "step", "step_epochs": 3, "gamma": 0.5})
     assert lr_at(29, step, 10) == 1.0 and lr_at(30, step, 10) == 0.5
+
+
+def test_bf16_autocast_and_contiguous_layout_train(make_recipe, tmp_path):
+    recipe = make_recipe(train={"epochs": 2, "precision": "bf16", "channels_last": False})
+    run = train(recipe, tmp_path / "bf16", progress=False)
+    lines = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["train_loss"] < lines[0]["train_loss"]

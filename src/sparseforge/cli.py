@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .train import train
+    from .trainer import train
 
     run_dir = train(args.recipe, args.out, resume=args.resume)
     print(f"run written to {run_dir} (report: {run_dir / 'report.html'})")
@@ -17,15 +17,9 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _compress(args: argparse.Namespace) -> int:
-    from .recipe import load_recipe
-    from .train import train
+    from .trainer import compress
 
-    recipe = load_recipe(args.recipe)
-    if not recipe.modifiers:
-        print(f"error: {args.recipe} has no modifiers: nothing to compress "
-              "(use `sparseforge train` for dense training)", file=sys.stderr)
-        return 2
-    run_dir = train(recipe, args.out, resume=args.resume)
+    run_dir = compress(args.recipe, args.out, resume=args.resume)
     print(f"compressed run written to {run_dir} (report: {run_dir / 'report.html'})")
     return 0
 

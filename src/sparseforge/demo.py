@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from .train import train
+from .trainer import train
 
 DEMO_RECIPES = ("fmnist_dense.yaml", "fmnist_gmp90.yaml")
 

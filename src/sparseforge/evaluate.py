@@ -17,7 +17,7 @@ from torch.utils.data import TensorDataset
 from .checkpoint import load_weights_only, save_atomic
 from .data import DatasetSplits, load_dataset
 from .models import create_model
-from .profile import count_flops, count_parameters, machine_info, model_latency
+from .profile import FlopReport, compare_latency, count_flops, count_parameters, machine_info
 from .recipe import Recipe, dump_recipe, load_recipe
 from .sparsity import bake_masks, layer_sparsity, load_masked_state_dict, masked_modules
 from .sparsity.compact import to_compact
@@ -46,12 +46,13 @@ def evaluate(
 def build_model(recipe: Recipe, splits: DatasetSplits, *, initial_weights: bool = True) -> nn.Module:
     """The recipe's model for this data, with `model.checkpoint` loaded if one is named and
     `initial_weights` is set."""
+    args = dict(recipe.model.args)
     model = create_model(
         recipe.model.name,
         num_classes=splits.num_classes,
         in_channels=splits.input_shape[0],
-        input_size=splits.input_shape[1:],
-        **recipe.model.args,
+        input_size=args.pop("input_size", splits.input_shape[1:]),
+        **args,
     )
     if initial_weights and recipe.model.checkpoint:
         load_masked_state_dict(model, load_model_state(recipe.model.checkpoint))
@@ -97,19 +98,18 @@ def _file_bytes(state: dict[str, torch.Tensor], path: Path) -> int:
 
 def measure(
     model: nn.Module, splits: DatasetSplits, recipe: Recipe, out_dir: Path, tag: str
-) -> dict[str, Any]:
-    """One column of the report for `model`: test accuracy, parameters, FLOPs, CPU latency
-    (fp32, masked weights computed densely), and file sizes: `file_bytes` is the compact
-    format (bitmap + nonzeros), `dense_file_bytes` the plain state dict; both are written to
-    `out_dir` as `<tag>.compact.pt` and `<tag>.pt`."""
+) -> tuple[dict[str, Any], FlopReport, nn.Module]:
+    """One column of the report for `model` except latency: test accuracy, parameters, FLOPs,
+    and file sizes (`file_bytes`: the compact format, bitmap + nonzeros; `dense_file_bytes`:
+    the plain state dict; written to `out_dir` as `<tag>.compact.pt` and `<tag>.pt`). Also
+    returns the per-layer FLOP report and the baked model (default memory layout) to time."""
     model = model.cpu().eval()
     _, acc = evaluate(model, splits.test, recipe.train.eval_batch_size)
-    baked = bake_masks(copy.deepcopy(model))
+    baked = bake_masks(copy.deepcopy(model)).to(memory_format=torch.contiguous_format)
     dense_state = baked.state_dict()
     flops = count_flops(baked, torch.zeros(1, *splits.input_shape))
     params, nonzeros = count_parameters(baked)
-    latency = model_latency(baked, splits.input_shape, tuple(recipe.output.latency_batch_sizes))
-    return {
+    column = {
         "test_accuracy": acc,
         "params": params,
         "nonzeros": nonzeros,
@@ -117,8 +117,8 @@ def measure(
         "effective_flops": flops.effective_flops,
         "file_bytes": _file_bytes(to_compact(dense_state), out_dir / f"{tag}.compact.pt"),
         "dense_file_bytes": _file_bytes(dense_state, out_dir / f"{tag}.pt"),
-        "latency_ms": {str(b): t.median_ms for b, t in latency.items()},
     }
+    return column, flops, baked
 
 
 def write_summary(
@@ -129,18 +129,21 @@ def write_summary(
     reference: nn.Module | None,
     reference_has_weights: bool,
 ) -> dict[str, Any]:
-    """Measure the trained model (and the dense reference it started from, side by side) and
-    write `summary.json` plus the model files under `model/`."""
+    """Measure the trained model and the dense reference it started from side by side (CPU
+    latency interleaved in one run, fp32, masked weights computed densely) and write
+    `summary.json` plus the model files under `model/`."""
     model_dir = run_dir / "model"
     save_atomic(model.state_dict(), model_dir / "masked.pt")
-    compressed = measure(model, splits, recipe, model_dir, "final")
-    dense = None
+    compressed, flops, to_time = measure(model, splits, recipe, model_dir, "final")
+    columns, timed = {"compressed": compressed}, {"compressed": to_time}
     if reference is not None:
         with tempfile.TemporaryDirectory() as tmp:
-            dense = measure(reference, splits, recipe, Path(tmp), "dense")
+            columns["dense"], _, timed["dense"] = measure(reference, splits, recipe, Path(tmp), "dense")
         if not reference_has_weights:
-            dense["test_accuracy"] = None  # a random init has no meaningful accuracy
-    flops = count_flops(bake_masks(copy.deepcopy(model)).eval(), torch.zeros(1, *splits.input_shape))
+            columns["dense"]["test_accuracy"] = None  # a random init has no meaningful accuracy
+    latency = compare_latency(timed, splits.input_shape, recipe.output.latency_batch_sizes)
+    for name, column in columns.items():
+        column["latency_ms"] = {str(b): t.median_ms for b, t in latency[name].items()}
     sparsities = layer_sparsity(model)
     layers = [
         {**lf.__dict__, "sparsity": sparsities.get(lf.name, 1 - lf.nonzeros / max(1, lf.params))}
@@ -153,7 +156,7 @@ def write_summary(
         "machine": machine_info(),
         "accelerated": False,
         "masked_layers": [n for n, _ in masked_modules(model)],
-        "dense": dense,
+        "dense": columns.get("dense"),
         "compressed": compressed,
         "layers": layers,
     }

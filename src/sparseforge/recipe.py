@@ -69,6 +69,9 @@ class TrainConfig(_Strict):
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     grad_clip: float | None = Field(None, gt=0.0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    channels_last: bool = Field(
+        True, description="NHWC activations and weights for 4-D models (~20% faster CPU convs)"
+    )
 
 
 class OutputConfig(_Strict):

@@ -107,3 +107,10 @@ def test_real_torchvision_model() -> None:
         pytest.skip(f"torchvision not importable: {err}")
     model = create_model("torchvision:resnet18", num_classes=10, in_channels=3)
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_input_size_reaches_builders_that_take_it() -> None:
+    cnn = create_model("cnn", num_classes=10, in_channels=3, input_size=(32, 32))
+    assert cnn(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    resnet = create_model("resnet", num_classes=10, in_channels=3, input_size=(32, 32))
+    assert resnet(torch.zeros(1, 3, 32, 32)).shape == (1, 10)  # ignored where not accepted

@@ -45,3 +45,19 @@ def test_runs_in_inference_mode():
 def test_rejects_bad_arguments(kwargs):
     with pytest.raises(ValueError):
         model_latency(nn.Linear(2, 2), (2,), **kwargs)
+
+
+def test_compare_latency_times_every_model_on_every_batch_size():
+    from sparseforge.profile.latency import compare_latency
+
+    models = {"a": nn.Linear(4, 2), "b": nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 2))}
+    calls = {k: 0 for k in models}
+    for k, m in models.items():
+        m.register_forward_pre_hook(lambda mod, i, k=k: calls.__setitem__(k, calls[k] + 1))
+    result = compare_latency(models, (4,), batch_sizes=(1, 3), rounds=3, repeats=2)
+    assert set(result) == {"a", "b"}
+    for per_batch in result.values():
+        assert sorted(per_batch) == [1, 3]
+        assert all(t.repeats == 6 for t in per_batch.values())  # 3 rounds x 2 repeats
+    # same number of calls for each model: warm-up 3 + 1 + 1, plus 6 timed, per batch size
+    assert calls["a"] == calls["b"] == 2 * (3 + 1 + 1 + 6)

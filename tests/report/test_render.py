@@ -126,3 +126,15 @@ def test_accuracy_points_dedup_dense_reference(make_summary):
 def test_machine_line_tolerates_missing_fields():
     assert machine_line(None) == "not recorded"
     assert machine_line({"torch_threads": 2}) == "unknown CPU, 2 torch threads"
+
+
+def test_dense_run_is_called_the_reference_and_gets_no_sparsity_note(make_run):
+    import json
+
+    run_dir = make_run(dense=False)
+    path = run_dir / "summary.json"
+    data = json.loads(path.read_text())
+    data["compressed"]["nonzeros"] = data["compressed"]["params"]
+    path.write_text(json.dumps(data))
+    md = (write_report(run_dir).parent / "report.md").read_text(encoding="utf-8")
+    assert "A dense run" in md and NOT_ACCELERATED not in md

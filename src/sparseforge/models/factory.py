@@ -25,7 +25,7 @@ def create_model(
     *,
     num_classes: int,
     in_channels: int,
-    input_size: tuple[int, int] | None = None,
+    input_size: int | tuple[int, int] | None = None,
     **kwargs: Any,
 ) -> nn.Module:
     """A fresh, randomly initialized model for `num_classes` classes and `in_channels` input
@@ -54,7 +54,7 @@ def create_model(
         )
     builder = MODELS.get(name)
     if input_size is not None and "input_size" in inspect.signature(builder).parameters:
-        kwargs.setdefault("input_size", tuple(input_size))
+        kwargs.setdefault("input_size", input_size)
     return builder(num_classes=num_classes, in_channels=in_channels, **kwargs)
 
 

@@ -1,7 +1,7 @@
 """Measure models: FLOPs (dense and effective), parameter counts, latency, and the machine."""
 
 from .flops import FlopReport, LayerFlops, count_flops, count_parameters
-from .latency import model_latency
+from .latency import compare_latency, model_latency
 from .machine import machine_info
 from .timing import Timing, measure
 
@@ -9,6 +9,7 @@ __all__ = [
     "FlopReport",
     "LayerFlops",
     "Timing",
+    "compare_latency",
     "count_flops",
     "count_parameters",
     "machine_info",

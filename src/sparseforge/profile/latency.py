@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import torch
 from torch import nn
@@ -21,28 +22,62 @@ def model_latency(
     repeats: int = 20,
 ) -> dict[int, Timing]:
     """Time `model` on randn input of shape (batch, *example_input_shape) for each batch size,
-    in eval + inference mode on the model's device and dtype. `threads` sets torch's intra-op
-    thread count for the measurement only; the previous count and training flags come back."""
+    in eval + inference mode on the model's device and dtype (see `compare_latency`)."""
+    return compare_latency(
+        {"model": model}, example_input_shape, batch_sizes, threads=threads, rounds=1,
+        repeats=repeats,
+    )["model"]
+
+
+def compare_latency(
+    models: Mapping[str, nn.Module],
+    example_input_shape: tuple[int, ...],
+    batch_sizes: Iterable[int] = (1, 64),
+    *,
+    threads: int | None = None,
+    rounds: int = 5,
+    repeats: int = 10,
+    flush_denormal: bool = True,
+) -> dict[str, dict[int, Timing]]:
+    """Time several models side by side on the same input: `rounds` alternating blocks of
+    `repeats` calls each, so drift of a shared machine hits every model alike; the median is
+    over all samples. Denormals are flushed to zero while timing (as inference runtimes do),
+    so tiny weights of one model do not slow it through slow-path float arithmetic.
+    `threads` sets torch's intra-op thread count for the measurement only; the previous
+    count and training flags come back, and denormal flushing is reset to torch's default (off)."""
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be a positive integer or None, got {threads}")
     sizes = list(batch_sizes)
     if not sizes or any(int(b) < 1 for b in sizes):
         raise ValueError(f"batch_sizes must be positive integers, got {sizes}")
-    param = next(model.parameters(), None)
+    if rounds < 1 or not models:
+        raise ValueError("need at least one model and one round")
+    param = next(next(iter(models.values())).parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
 
     previous_threads = torch.get_num_threads()
-    results: dict[int, Timing] = {}
+    samples: dict[str, dict[int, list[float]]] = {name: {} for name in models}
     try:
         if threads is not None:
             torch.set_num_threads(threads)
-        with evaluating(model):
+        torch.set_flush_denormal(flush_denormal)
+        with contextlib.ExitStack() as stack:
+            for model in models.values():
+                stack.enter_context(evaluating(model))
             for batch in sizes:
                 x = torch.randn(int(batch), *example_input_shape, device=device, dtype=dtype)
-                results[int(batch)] = measure(
-                    functools.partial(model, x), repeats=repeats, device=device, inference=True
-                )
+                for r in range(rounds):
+                    for name, model in models.items():
+                        timing = measure(
+                            functools.partial(model, x), warmup=3 if r == 0 else 1,
+                            repeats=repeats, device=device, inference=True,
+                        )
+                        samples[name].setdefault(int(batch), []).extend(timing.samples)
     finally:
         torch.set_num_threads(previous_threads)
-    return results
+        torch.set_flush_denormal(False)
+    return {
+        name: {b: Timing.from_samples(s) for b, s in per_batch.items()}
+        for name, per_batch in samples.items()
+    }

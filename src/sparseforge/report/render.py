@@ -147,9 +147,14 @@ def write_report(run_dir: Path) -> Path:
 
     doc = Document(f"Compression report: {summary['name']}", [Paragraph(_subtitle(summary))])
     doc.blocks += [Heading("Summary"), summary_table(dense, compressed)]
+    has_zeros = compressed.get("nonzeros", 0) < compressed.get("params", 0)
     if dense is None:
-        doc.blocks.append(Paragraph("No dense reference was recorded for this run.", note=True))
-    if not summary.get("accelerated", False):
+        note = (
+            "No dense reference was recorded for this run." if has_zeros
+            else "A dense run: it is the reference compressed runs are compared against."
+        )
+        doc.blocks.append(Paragraph(note, note=True))
+    if has_zeros and not summary.get("accelerated", False):
         doc.blocks.append(Paragraph(NOT_ACCELERATED, lead="Not accelerated.", note=True))
     doc.blocks.append(Paragraph(machine_line(summary.get("machine")), lead="Machine:"))
     if layers:
