@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from sparseforge.data import DATASETS, DatasetSplits, load_dataset, make_splits
+from sparseforge.data import DATASETS, DatasetSplits, SplitOptions, load_dataset, make_splits
 
 
 def indexed_images(n: int, channels: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -20,7 +20,7 @@ def original_index(splits: DatasetSplits, x: torch.Tensor) -> list[int]:
 def split(n: int = 100, **kwargs) -> DatasetSplits:
     train_x, train_y = indexed_images(n)
     test_x, test_y = indexed_images(10)
-    return make_splits(train_x, train_y, test_x, test_y, ["a", "b", "c"], **kwargs)
+    return make_splits(train_x, train_y, test_x, test_y, ["a", "b", "c"], SplitOptions(**kwargs))
 
 
 def test_registered_names() -> None:
@@ -76,7 +76,7 @@ def test_per_channel_statistics() -> None:
     images[:, 1] = 255
     images[::2, 2] = 255
     labels = torch.zeros(8, dtype=torch.long)
-    s = make_splits(images, labels, images, labels, ["a"], val_fraction=0.0)
+    s = make_splits(images, labels, images, labels, ["a"], SplitOptions(val_fraction=0.0))
     assert s.mean == pytest.approx((0.0, 1.0, 0.5))
     assert s.std == pytest.approx((1.0, 1.0, 0.5))  # constant channels keep std 1
 
@@ -100,7 +100,7 @@ def test_rgb_to_gray_uses_luma() -> None:
     images[:, 1] = 255  # pure green
     images[0] = 0
     labels = torch.zeros(4, dtype=torch.long)
-    s = make_splits(images, labels, images, labels, ["a"], val_fraction=0.0, channels=1)
+    s = make_splits(images, labels, images, labels, ["a"], SplitOptions(val_fraction=0.0, channels=1))
     raw = s.test.tensors[0] * s.std[0] + s.mean[0]
     assert raw.shape == (4, 1, 2, 2)
     assert raw[1].flatten().tolist() == pytest.approx([0.587] * 4, abs=1e-5)

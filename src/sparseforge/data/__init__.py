@@ -5,13 +5,14 @@ from sparseforge.data import cifar, fashion_mnist, image_folder  # noqa: F401  (
 from sparseforge.data.augment import augment_batch
 from sparseforge.data.cifar import CIFAR10_CLASSES
 from sparseforge.data.fashion_mnist import FASHION_MNIST_CLASSES
-from sparseforge.data.splits import DATASETS, DatasetSplits, load_dataset, make_splits
+from sparseforge.data.splits import DATASETS, DatasetSplits, SplitOptions, load_dataset, make_splits
 
 __all__ = [
     "CIFAR10_CLASSES",
     "DATASETS",
     "FASHION_MNIST_CLASSES",
     "DatasetSplits",
+    "SplitOptions",
     "augment_batch",
     "load_dataset",
     "make_splits",

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sparseforge.data.splits import DATASETS, DatasetSplits, make_splits
+from sparseforge.data.splits import DATASETS, DatasetSplits, Root, SplitOptions, make_splits
 
 CIFAR10_CLASSES = [
     "airplane",
@@ -138,18 +138,8 @@ def find_folder(root: str | os.PathLike[str] | None) -> Path:
 
 
 @DATASETS.register("cifar10")
-def load_cifar10(
-    *,
-    root: str | os.PathLike[str] | None = None,
-    val_fraction: float = 0.1,
-    split_seed: int = 0,
-    test_fraction: float = 0.1,
-    channels: int | None = None,
-    image_size: int | None = None,
-    limit: int | None = None,
-) -> DatasetSplits:
-    """CIFAR-10 (50k train incl. val, 10k test, 3 x 32 x 32); `test_fraction` is unused."""
-    del test_fraction  # CIFAR-10 ships its own test set
+def load_cifar10(root: Root, options: SplitOptions) -> DatasetSplits:
+    """CIFAR-10 (50k train incl. val, 10k test, 3 x 32 x 32); it ships its own test set."""
     folder = find_folder(root)
     train = [read_batch(folder / name) for name in TRAIN_BATCHES]
     test_x, test_y = read_batch(folder / TEST_BATCH)
@@ -159,11 +149,7 @@ def load_cifar10(
         torch.from_numpy(test_x),
         torch.from_numpy(test_y),
         read_class_names(folder),
-        val_fraction=val_fraction,
-        split_seed=split_seed,
-        channels=channels,
-        image_size=image_size,
-        limit=limit,
+        options,
     )
 
 

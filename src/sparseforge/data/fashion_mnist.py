@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sparseforge.data.splits import DATASETS, DatasetSplits, make_splits
+from sparseforge.data.splits import DATASETS, DatasetSplits, Root, SplitOptions, make_splits
 
 DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
 INSTALL_HINT = (
@@ -133,18 +133,8 @@ def read_fashion_mnist(root: str | os.PathLike[str] | None = None) -> dict[str, 
 
 
 @DATASETS.register("fashion_mnist")
-def load_fashion_mnist(
-    *,
-    root: str | os.PathLike[str] | None = None,
-    val_fraction: float = 0.1,
-    split_seed: int = 0,
-    test_fraction: float = 0.1,
-    channels: int | None = None,
-    image_size: int | None = None,
-    limit: int | None = None,
-) -> DatasetSplits:
-    """Fashion-MNIST (60k train incl. val, 10k test, 1 x 28 x 28); `test_fraction` is unused."""
-    del test_fraction  # Fashion-MNIST ships its own test set
+def load_fashion_mnist(root: Root, options: SplitOptions) -> DatasetSplits:
+    """Fashion-MNIST (60k train incl. val, 10k test, 1 x 28 x 28); it ships its own test set."""
     a = read_fashion_mnist(root)
     return make_splits(
         torch.from_numpy(a["train_images"]).unsqueeze(1),
@@ -152,9 +142,5 @@ def load_fashion_mnist(
         torch.from_numpy(a["test_images"]).unsqueeze(1),
         torch.from_numpy(a["test_labels"]).long(),
         FASHION_MNIST_CLASSES,
-        val_fraction=val_fraction,
-        split_seed=split_seed,
-        channels=channels,
-        image_size=image_size,
-        limit=limit,
+        options,
     )

@@ -3,7 +3,6 @@ split into `root/train` and `root/test`; lets users bring their own data without
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,8 @@ from torch import Tensor
 from sparseforge.data.splits import (
     DATASETS,
     DatasetSplits,
+    Root,
+    SplitOptions,
     make_splits,
     seeded_permutation,
     split_count,
@@ -134,16 +135,7 @@ def resolve_layout(
 
 
 @DATASETS.register("image_folder")
-def load_image_folder(
-    *,
-    root: str | os.PathLike[str] | None = None,
-    val_fraction: float = 0.1,
-    split_seed: int = 0,
-    test_fraction: float = 0.1,
-    channels: int | None = None,
-    image_size: int | None = None,
-    limit: int | None = None,
-) -> DatasetSplits:
+def load_image_folder(root: Root, options: SplitOptions) -> DatasetSplits:
     """Images under root/<class>/ (png, jpg, jpeg, bmp); channels default to 1 if every image is
     grayscale, else 3. Images of different sizes need `image_size`."""
     if root is None:
@@ -153,10 +145,11 @@ def load_image_folder(
     folder = Path(root).expanduser()
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder {folder} does not exist; set data.root")
+    channels, image_size = options.channels, options.image_size
     if channels not in (None, 1, 3):
         raise ValueError(f"data.channels must be 1 or 3, got {channels}")
 
-    classes, train, test = resolve_layout(folder, test_fraction)
+    classes, train, test = resolve_layout(folder, options.test_fraction)
     probes = [_probe(p) for p, _ in train + test]
     if channels is None:
         channels = 1 if all(mode in GRAY_MODES for mode, _ in probes) else 3
@@ -179,9 +172,5 @@ def load_image_folder(
         test_x,
         test_y,
         classes,
-        val_fraction=val_fraction,
-        split_seed=split_seed,
-        channels=channels,
-        image_size=image_size,
-        limit=limit,
+        options,
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -33,32 +34,28 @@ class DatasetSplits:
     std: tuple[float, ...] = ()
 
 
-DATASETS: Registry[Callable[..., DatasetSplits]] = Registry("dataset")
+@dataclass(frozen=True)
+class SplitOptions:
+    """How every dataset is split and prepared (see `make_splits`). `test_fraction` only
+    matters for datasets without their own test set (image_folder)."""
+
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    test_fraction: float = 0.1
+    channels: int | None = None
+    image_size: int | None = None
+    limit: int | None = None
 
 
-def load_dataset(
-    name: str,
-    *,
-    root: str | os.PathLike[str] | None = None,
-    val_fraction: float = 0.1,
-    split_seed: int = 0,
-    test_fraction: float = 0.1,
-    channels: int | None = None,
-    image_size: int | None = None,
-    limit: int | None = None,
-) -> DatasetSplits:
-    """Load the registered dataset `name` and split it; see `make_splits` for the options.
-    `test_fraction` only matters for datasets without their own test set (image_folder)."""
-    loader = DATASETS.get(name)
-    return loader(
-        root=root,
-        val_fraction=val_fraction,
-        split_seed=split_seed,
-        test_fraction=test_fraction,
-        channels=channels,
-        image_size=image_size,
-        limit=limit,
-    )
+Root = str | os.PathLike[str] | None
+DATASETS: Registry[Callable[[Root, SplitOptions], DatasetSplits]] = Registry("dataset")
+
+
+def load_dataset(name: str, *, root: Root = None, **options: Any) -> DatasetSplits:
+    """Load the registered dataset `name` from `root` and split it; keyword options are the
+    fields of `SplitOptions` (val_fraction, split_seed, test_fraction, channels, image_size,
+    limit)."""
+    return DATASETS.get(name)(root, SplitOptions(**options))
 
 
 def seeded_permutation(n: int, seed: int) -> Tensor:
@@ -80,15 +77,11 @@ def make_splits(
     test_images: Tensor,
     test_labels: Tensor,
     class_names: Sequence[str],
-    *,
-    val_fraction: float = 0.1,
-    split_seed: int = 0,
-    channels: int | None = None,
-    image_size: int | None = None,
-    limit: int | None = None,
+    options: SplitOptions = SplitOptions(),
 ) -> DatasetSplits:
     """Carve a seeded val split from uint8 (N, C, H, W) train images, keep only `limit` of each
     split, convert channels / resize, and normalize with per-channel train statistics."""
+    val_fraction, split_seed, limit = options.val_fraction, options.split_seed, options.limit
     num_classes = len(class_names)
     _check_pair(train_images, train_labels, num_classes, "train")
     _check_pair(test_images, test_labels, num_classes, "test")
@@ -110,7 +103,7 @@ def make_splits(
         "val": (train_images[val_idx], train_labels[val_idx]),
         "test": (test_images[test_idx], test_labels[test_idx]),
     }
-    images = {k: _prepare(x, channels, image_size) for k, (x, _) in parts.items()}
+    images = {k: _prepare(x, options.channels, options.image_size) for k, (x, _) in parts.items()}
     mean, std = channel_stats(images["train"])
     view = (1, -1, 1, 1)
     datasets = {
