@@ -8,6 +8,7 @@ import copy
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import nullcontext
@@ -260,6 +261,7 @@ def train(
                 f"val acc {record['val_accuracy']:.4f}  sparsity {record['sparsity']:.3f}  "
                 f"{record['seconds']:.1f}s"
             )
+            sys.stdout.flush()  # progress reaches logs and pipes as it happens
         ranks.barrier()
 
     if ranks.main:

@@ -123,6 +123,14 @@ def test_accuracy_points_dedup_dense_reference(make_summary):
     assert points[-1][1] == pytest.approx(0.9)
 
 
+def test_a_dense_run_in_the_comparison_is_its_own_reference(make_summary):
+    sparse = make_summary("sparse")
+    dense_run = make_summary("dense", dense=False)
+    dense_run["compressed"] = dict(sparse["dense"])
+    points = accuracy_points([dense_run, sparse])
+    assert [p[0] for p in points] == ["dense", "sparse"]
+
+
 def test_machine_line_tolerates_missing_fields():
     assert machine_line(None) == "not recorded"
     assert machine_line({"torch_threads": 2}) == "unknown CPU, 2 torch threads"

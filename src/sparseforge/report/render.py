@@ -179,20 +179,25 @@ def _dense_key(summary: Mapping[str, Any]) -> tuple:
 
 def accuracy_points(summaries: Sequence[Mapping[str, Any]]) -> list[tuple[str, float, float]]:
     """(label, sparsity, accuracy) per run with a known accuracy, plus each distinct dense
-    reference once (runs sharing model, dataset and dense numbers share the point)."""
-    points: list[tuple[str, float, float]] = []
+    reference once (runs sharing model, dataset and dense numbers share the point). A dense
+    reference that is itself one of the runs (same sparsity and accuracy) is not drawn twice."""
+    runs = [
+        (str(s["name"]), sparsity(s["compressed"]) or 0.0, float(s["compressed"]["test_accuracy"]))
+        for s in summaries
+        if s["compressed"].get("test_accuracy") is not None
+    ]
+    drawn = {(sp, acc) for _, sp, acc in runs}
+    references: list[tuple[str, float, float]] = []
     seen: set[tuple] = set()
     for s in summaries:
         dense = s.get("dense")
         if dense and dense.get("test_accuracy") is not None and _dense_key(s) not in seen:
             seen.add(_dense_key(s))
-            label = f"dense {s.get('model') or '?'}/{s.get('dataset') or '?'}"
-            points.append((label, sparsity(dense) or 0.0, float(dense["test_accuracy"])))
-    for s in summaries:
-        acc = s["compressed"].get("test_accuracy")
-        if acc is not None:
-            points.append((str(s["name"]), sparsity(s["compressed"]) or 0.0, float(acc)))
-    return points
+            point = (sparsity(dense) or 0.0, float(dense["test_accuracy"]))
+            if point not in drawn:
+                label = f"dense {s.get('model') or '?'}/{s.get('dataset') or '?'}"
+                references.append((label, *point))
+    return references + runs
 
 
 def comparison_table(summaries: Sequence[Mapping[str, Any]]) -> Table:
