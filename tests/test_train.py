@@ -113,3 +113,37 @@ def test_bf16_autocast_and_contiguous_layout_train(make_recipe, tmp_path):
     run = train(recipe, tmp_path / "bf16", progress=False)
     lines = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
     assert lines[-1]["train_loss"] < lines[0]["train_loss"]
+
+
+def test_a_modifier_can_drop_training_examples(make_recipe, tmp_path):
+    """The data-efficiency hook: a plugin modifier sees per-example correctness and trains on
+    a subset; the run takes fewer steps while the lr schedule still spans the epochs."""
+    from typing import Literal
+
+    from pydantic import BaseModel
+
+    from sparseforge.algorithms import MODIFIERS, Modifier, register_modifier
+
+    class EvenOnlyConfig(BaseModel):
+        type: Literal["even_only_test"] = "even_only_test"
+
+    seen = []
+
+    class EvenOnly(Modifier):
+        def on_batch(self, session, indices, correct):
+            seen.append((indices.clone(), correct.clone()))
+
+        def example_filter(self, session, n_examples):
+            return torch.arange(n_examples) % 2 == 0
+
+    if "even_only_test" not in MODIFIERS:
+        register_modifier("even_only_test", EvenOnlyConfig)(EvenOnly)
+    run = train(
+        make_recipe(modifiers=[{"type": "even_only_test"}], train={"epochs": 2}),
+        tmp_path / "subset", progress=False,
+    )
+    lines = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == [3, 6]  # 80 of 160 examples, batch 32: 3 steps
+    assert all(bool((i % 2 == 0).all()) for i, _ in seen)
+    assert all(c.dtype == torch.bool and len(c) == len(i) for i, c in seen)
+    assert lines[-1]["lr"] < 0.05 * 0.5  # cosine went most of the way down in 6 steps

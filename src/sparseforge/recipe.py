@@ -80,10 +80,13 @@ class OutputConfig(_Strict):
     latency_batch_sizes: list[int] = [1, 64]
 
 
-ModifierConfig = Annotated[
-    Union[tuple(MODIFIERS.get(n).config for n in MODIFIERS.names())],  # noqa: UP007
-    Field(discriminator="type"),
-]
+def _modifier_union() -> Any:
+    """The discriminated union of every registered modifier's config (by `type`)."""
+    configs = tuple(MODIFIERS.get(n).config for n in MODIFIERS.names())
+    return Annotated[Union[configs], Field(discriminator="type")]  # noqa: UP007
+
+
+ModifierConfig = _modifier_union()
 
 
 class Recipe(_Strict):
@@ -109,6 +112,18 @@ class Recipe(_Strict):
 
     def run_dir(self) -> Path:
         return Path(self.output.dir.format(name=self.output.name))
+
+
+_known_modifiers = tuple(MODIFIERS.names())
+
+
+def _accept_new_modifiers() -> None:
+    """Let recipes name modifiers registered after this module was imported (plugins)."""
+    global _known_modifiers
+    if tuple(MODIFIERS.names()) != _known_modifiers:
+        _known_modifiers = tuple(MODIFIERS.names())
+        Recipe.model_fields["modifiers"].annotation = list[_modifier_union()]
+        Recipe.model_rebuild(force=True)
 
 
 def _yaml_line(node: yaml.Node | None, loc: tuple) -> int | None:
@@ -169,6 +184,7 @@ def parse_recipe(text: str, source: str = "<recipe>") -> Recipe:
         data = {}
     if not isinstance(data, dict):
         raise RecipeError(f"{source}: a recipe is a mapping (model:, data:, train:, ...)")
+    _accept_new_modifiers()
     try:
         return Recipe.model_validate(data)
     except ValidationError as err:

@@ -75,6 +75,21 @@ class Session:
                 loss = loss + extra
         return loss
 
+    def observe_batch(self, indices: Tensor, correct: Tensor) -> None:
+        """Tell modifiers which training examples the last forward pass got right (optional:
+        only data-efficient modifiers use it)."""
+        for m in self.modifiers:
+            m.on_batch(self, indices, correct)
+
+    def example_filter(self, n_examples: int) -> Tensor | None:
+        """The training examples to use this epoch (all modifiers' filters combined), or None."""
+        keep = None
+        for m in self.modifiers:
+            mine = m.example_filter(self, n_examples)
+            if mine is not None:
+                keep = mine if keep is None else keep & mine
+        return keep
+
     def step(self) -> None:
         self.global_step += 1
         for m in self.modifiers:

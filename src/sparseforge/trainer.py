@@ -79,13 +79,17 @@ class _Dist:
 
 
 def _batches(
-    n: int, batch_size: int, seed: int, epoch: int, rank: int, world: int
+    n: int, batch_size: int, seed: int, epoch: int, rank: int, world: int,
+    keep: Tensor | None = None,
 ) -> Iterator[Tensor]:
-    """Index batches for one epoch: a permutation seeded by (seed, epoch), split evenly across
-    ranks (the tail that does not divide is dropped, as DistributedSampler does)."""
+    """Index batches for one epoch: a permutation seeded by (seed, epoch), restricted to the
+    examples `keep` marks, split evenly across ranks (the tail that does not divide is
+    dropped, as DistributedSampler does)."""
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
     order = torch.randperm(n, generator=g)
-    per_rank = n // world
+    if keep is not None:
+        order = order[keep[order]]
+    per_rank = len(order) // world
     mine = order[rank * per_rank : (rank + 1) * per_rank]
     for i in range(0, per_rank, batch_size):
         yield mine[i : i + batch_size]
@@ -133,24 +137,32 @@ class _Loop:
         images, labels = self.splits.train.tensors
         t0 = time.perf_counter()
         seen, loss_sum, correct, lr = 0, 0.0, 0, 0.0
-        batches = _batches(len(labels), cfg.batch_size, cfg.seed, epoch, self.ranks.rank, self.ranks.world)
+        keep = session.example_filter(len(labels))
+        batches = list(_batches(
+            len(labels), cfg.batch_size, cfg.seed, epoch, self.ranks.rank, self.ranks.world, keep
+        ))
         bar = tqdm(
-            batches, total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+            batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
             disable=(None if self.ranks.main else True) if progress is None else not progress,
         )
-        for idx in bar:
+        for i, idx in enumerate(bar):
             x, y = images[idx], labels[idx]
             if self.recipe.data.augment:
                 x = augment_batch(x, aug_gen)
             x, y = x.to(self.device), y.to(self.device)
             if self.memory_format is not None:
                 x = x.contiguous(memory_format=self.memory_format)
-            lr = lr_at(session.global_step, cfg, self.steps_per_epoch)
+            # the schedule runs on nominal steps, so an epoch with dropped examples still
+            # covers a whole epoch of it
+            nominal_step = epoch * self.steps_per_epoch + i * self.steps_per_epoch // len(batches)
+            lr = lr_at(nominal_step, cfg, self.steps_per_epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             with autocast:
                 logits = train_model(x)
                 task_loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            hits = logits.detach().argmax(1) == y
+            session.observe_batch(idx, hits.cpu())
             loss = session.loss(task_loss)
             if not torch.isfinite(loss):
                 raise TrainingDiverged(
@@ -166,7 +178,7 @@ class _Loop:
             session.step()
             seen += len(y)
             loss_sum += task_loss.item() * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
+            correct += hits.sum().item()
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", lr=f"{lr:.3g}")
         session.epoch_end()
         val_loss, val_acc = (float("nan"), float("nan"))

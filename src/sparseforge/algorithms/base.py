@@ -32,6 +32,15 @@ class Modifier:
     def on_epoch_end(self, session: Session) -> None:
         """After each epoch; `session.epoch` counts the epochs done."""
 
+    def on_batch(self, session: Session, indices: Tensor, correct: Tensor) -> None:
+        """After each training batch (before the optimizer step): the batch's indices into the
+        training set and a bool per example, True if the model classified it correctly."""
+
+    def example_filter(self, session: Session, n_examples: int) -> Tensor | None:
+        """Before each epoch: a bool per training example, True to train on it this epoch,
+        or None to keep all (data-efficient methods drop examples here)."""
+        return None
+
     def loss(self, session: Session) -> Tensor | None:
         """An extra loss term (a regularizer), or None."""
         return None
