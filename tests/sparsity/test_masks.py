@@ -117,6 +117,14 @@ def test_layer_selection_overrides_and_errors():
         prune(small_net(), "2:4", 0.5)  # the conv has 3 input channels
 
 
+def test_selection_by_type_sees_through_masks():
+    model = small_net()
+    prune(model, "unstructured", 0.5)
+    assert type(model[0]).__name__ == "ParametrizedConv2d"
+    result = prune(model, "unstructured", 0.8, layers={"types": ["Conv2d"]})
+    assert list(result) == ["0"] and abs(result["0"] - 0.8) < 0.01
+
+
 def test_regex_layer_patterns():
     result = prune(small_net(), "unstructured", 0.5, layers="re:[0-9]+")
     assert set(result) == {"0", "3"}

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from ..sparsity.masks import module_type_name
 from ._modes import evaluating
 
 COUNTED_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -49,14 +50,6 @@ class FlopReport:
             "effective_flops": self.effective_flops,
             "layers": [asdict(layer) for layer in self.layers],
         }
-
-
-def _type_name(module: nn.Module) -> str:
-    """Class name, seeing through the subclass that parametrize creates (ParametrizedConv2d)."""
-    cls = type(module)
-    if parametrize.is_parametrized(module):
-        cls = cls.__bases__[0]
-    return cls.__name__
 
 
 def _macs(module: nn.Module, output: Tensor) -> int:
@@ -108,7 +101,7 @@ def count_flops(model: nn.Module, example_input: Tensor) -> FlopReport:
             effective = round(dense * w_nz / w_numel) if w_numel else 0
             layers.append(
                 LayerFlops(
-                    name, _type_name(module), w_numel + b_numel, w_nz + b_nz, dense, effective
+                    name, module_type_name(module), w_numel + b_numel, w_nz + b_nz, dense, effective
                 )
             )
     return FlopReport(layers)

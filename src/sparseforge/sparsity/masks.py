@@ -21,6 +21,15 @@ class Mask(nn.Module):
         return weight * self.mask.to(weight.dtype)
 
 
+def module_type_name(module: nn.Module) -> str:
+    """The class name users know (`Conv2d`), seeing through the subclass parametrize creates
+    for a masked module (`ParametrizedConv2d`)."""
+    cls = type(module)
+    if parametrize.is_parametrized(module):
+        cls = cls.__bases__[0]
+    return cls.__name__
+
+
 def _mask_of(module: nn.Module, name: str) -> Mask | None:
     if not parametrize.is_parametrized(module, name):
         return None

@@ -10,6 +10,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
+from .masks import module_type_name
+
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
@@ -47,7 +49,42 @@ class BCR(_Strict):
     block: tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]] = (8, 8)
 
 
-SchemeConfig = Annotated[Unstructured | NM | Channel | Block | BCR, Field(discriminator="name")]
+class Pattern(_Strict):
+    """PatDNN kernel patterns (3x3 convolutions only): every kernel keeps 4 of its 9 weights in
+    one pattern of a library (centre always kept), then `connectivity` removes whole kernels.
+    A pattern lists the kept positions of the row-major 3x3 kernel (0..8, centre 4)."""
+
+    name: Literal["pattern"] = "pattern"
+    library: Literal["default", "derive"] | list[tuple[int, int, int, int]] = "default"
+    library_size: int = Field(8, ge=1, le=56, description="patterns kept when library: derive")
+    connectivity: Fraction | None = Field(
+        None, description="fraction of kernels removed whole; None: as many as the target needs"
+    )
+
+    @field_validator("library")
+    @classmethod
+    def _valid_patterns(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return v
+        if not v:
+            raise ValueError("the pattern library is empty; list patterns or use 'default'")
+        seen = set()
+        for p in v:
+            if len(set(p)) != 4 or not all(0 <= i <= 8 for i in p) or 4 not in p:
+                raise ValueError(
+                    f"pattern {list(p)} is not 4 distinct positions in 0..8 including the "
+                    "centre 4 (row-major 3x3 kernel)"
+                )
+            key = tuple(sorted(p))
+            if key in seen:
+                raise ValueError(f"pattern {list(p)} appears twice in the library")
+            seen.add(key)
+        return [tuple(sorted(p)) for p in v]
+
+
+SchemeConfig = Annotated[
+    Unstructured | NM | Channel | Block | BCR | Pattern, Field(discriminator="name")
+]
 
 
 def scheme_params(scheme: BaseModel) -> dict[str, Any]:
@@ -82,7 +119,7 @@ class LayerSelection(_Strict):
 
     def matches(self, name: str, module: nn.Module) -> bool:
         return (
-            type(module).__name__ in self.types
+            module_type_name(module) in self.types
             and any(name_matches(name, p) for p in self.include)
             and not any(name_matches(name, p) for p in self.exclude)
         )
