@@ -1,6 +1,7 @@
 """The mask engine: schemes shape masks, criteria score weights, schedules set targets over
 time, masks live as parametrizations."""
 
+from . import patterns  # noqa: F401  (registers the pattern scheme)
 from .criteria import CRITERIA, TaylorAccumulator
 from .masks import (
     Mask,

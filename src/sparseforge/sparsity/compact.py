@@ -50,3 +50,38 @@ def from_compact(compact: dict[str, Tensor]) -> dict[str, Tensor]:
         flat[nz] = values
         out[name] = flat.reshape(shape)
     return out
+
+
+def sparse_memory_bytes(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None, *, compact: bool = True
+) -> int:
+    """Bytes of the model's parameters plus the optimizer's state for them, with every masked
+    weight stored compactly: values of the kept entries plus int32 indices or a bitmap
+    (whichever is smaller), and per-weight optimizer state (momentum, Adam moments) for kept
+    entries only. Other parameters count densely; buffers and activations are not counted.
+    `compact=False` gives the same tensors stored densely, to compare against."""
+    from .masks import get_mask, masked_modules
+
+    masks = {}
+    for _, module in masked_modules(model):
+        masks[id(module.parametrizations.weight.original)] = get_mask(module)
+    state = optimizer.state if optimizer is not None else {}
+    total = 0
+    for param in model.parameters():
+        mask = masks.get(id(param))
+        per_weight = [param] + [
+            v for v in state.get(param, {}).values()
+            if isinstance(v, Tensor) and v.shape == param.shape
+        ]
+        others = [
+            v for v in state.get(param, {}).values()
+            if isinstance(v, Tensor) and v.shape != param.shape
+        ]
+        total += sum(v.numel() * v.element_size() for v in others)
+        if mask is None or not compact:
+            total += sum(t.numel() * t.element_size() for t in per_weight)
+            continue
+        kept = int(mask.sum())
+        total += min(4 * kept, (mask.numel() + 7) // 8)  # where the kept entries are
+        total += sum(kept * t.element_size() for t in per_weight)
+    return total
