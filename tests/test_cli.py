@@ -13,7 +13,7 @@ def write(tmp_path, recipe, name="r.yaml"):
 
 
 def test_every_verb_has_help(capsys):
-    for verb in ("train", "compress", "eval", "report", "demo"):
+    for verb in ("train", "compress", "eval", "report", "ticket", "demo"):
         with pytest.raises(SystemExit) as info:
             main([verb, "--help"])
         assert info.value.code == 0
@@ -64,3 +64,12 @@ def test_demo_quick_runs_end_to_end(tiny_fmnist, tmp_path):
     assert (out / "report.html").is_file()
     # a second run reuses the finished runs (idempotent)
     assert main(["demo", "--quick", "--out", str(out), "--data-root", str(tiny_fmnist)]) == 0
+
+
+def test_ticket_verb_runs_imp_and_prints_a_verdict(make_recipe, tmp_path, capsys):
+    recipe = write(tmp_path, make_recipe(train={"epochs": 1}))
+    out = tmp_path / "ticket"
+    assert main(["ticket", recipe, "--out", str(out), "--rounds", "1", "--prune-rate", "0.5"]) == 0
+    printed = capsys.readouterr().out
+    assert "sparsity 0.5" in printed and "ticket" in printed
+    assert json.loads((out / "ticket.json").read_text())["verdict"]

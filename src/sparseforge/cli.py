@@ -44,6 +44,18 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ticket(args: argparse.Namespace) -> int:
+    from .algorithms.lottery import find_ticket
+
+    result = find_ticket(
+        args.recipe, args.out, rounds=args.rounds, prune_rate=args.prune_rate,
+        rewind_epoch=args.rewind_epoch, allocation=args.allocation,
+    )
+    print(f"sparsity {result.final_sparsity:.3f}: {result.verdict.text}")
+    print(f"details: {Path(args.out) / 'ticket.md'}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -78,6 +90,19 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("run_dirs", nargs="+", help="one run folder, or several to compare")
     r.add_argument("--out", default="runs/compare", help="folder for a comparison report")
     r.set_defaults(fn=_report)
+
+    k = sub.add_parser(
+        "ticket", help="lottery tickets: IMP with rewinding, then the sanity checks and a verdict"
+    )
+    k.add_argument("recipe", help="a dense training recipe (no modifiers)")
+    k.add_argument("--out", required=True, help="folder for the rounds, controls and ticket.json")
+    k.add_argument("--rounds", type=int, default=5, help="pruning rounds (default 5)")
+    k.add_argument("--prune-rate", type=float, default=0.2,
+                   help="fraction of the remaining weights pruned per round (default 0.2)")
+    k.add_argument("--rewind-epoch", type=float, default=0.0,
+                   help="rewind survivors to their values at this epoch (0 = initial weights)")
+    k.add_argument("--allocation", choices=["global", "layerwise"], default="global")
+    k.set_defaults(fn=_ticket)
 
     d = sub.add_parser("demo", help="Fashion-MNIST: train dense, prune 90%% gradually, report")
     d.add_argument("--out", default="runs/demo", help="folder for the demo's runs")
