@@ -84,3 +84,31 @@ def tiny_recipe(data_root: Path, **overrides) -> dict:
 def make_recipe(tiny_fmnist):
     """Factory for tiny recipes: make_recipe(train={"epochs": 2}, modifiers=[...])."""
     return lambda **overrides: tiny_recipe(tiny_fmnist, **overrides)
+
+
+class Killed(Exception):
+    """Stands for the process dying right after a checkpoint was written."""
+
+
+@pytest.fixture
+def train_killed_after_epoch(monkeypatch):
+    """run(recipe, run_dir, epoch=1): train until the checkpoint of `epoch` is on disk, then
+    die there, as a killed run would; the run folder is left for `resume=True`."""
+    import sparseforge.trainer as trainer
+
+    def run(recipe, run_dir, epoch: int = 1) -> None:
+        real_save = trainer.save_atomic
+
+        def save_then_die(obj, path):
+            real_save(obj, path)
+            if obj.get("epoch") == epoch:
+                raise Killed
+
+        monkeypatch.setattr(trainer, "save_atomic", save_then_die)
+        try:
+            with pytest.raises(Killed):
+                trainer.train(recipe, run_dir, progress=False)
+        finally:
+            monkeypatch.setattr(trainer, "save_atomic", real_save)
+
+    return run

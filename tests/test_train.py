@@ -39,26 +39,12 @@ def test_checkpoint_loads_weights_only_and_restores_the_model(make_recipe, tmp_p
     assert global_sparsity(fresh) == pytest.approx(0.8, abs=0.02)
 
 
-def test_resume_after_a_kill_equals_the_uninterrupted_run(make_recipe, tmp_path, monkeypatch):
+def test_resume_after_a_kill_equals_the_uninterrupted_run(
+    make_recipe, tmp_path, train_killed_after_epoch
+):
     recipe = make_recipe(modifiers=GMP, data={"augment": True})
     straight = train(recipe, tmp_path / "straight", progress=False)
-
-    import sparseforge.trainer as trainer
-
-    real_save = trainer.save_atomic
-
-    class Killed(Exception):
-        pass
-
-    def save_then_die(obj, path):
-        real_save(obj, path)
-        if obj.get("epoch") == 1:
-            raise Killed
-
-    monkeypatch.setattr(trainer, "save_atomic", save_then_die)
-    with pytest.raises(Killed):
-        train(recipe, tmp_path / "resumed", progress=False)
-    monkeypatch.setattr(trainer, "save_atomic", real_save)
+    train_killed_after_epoch(recipe, tmp_path / "resumed")
     with pytest.raises(FileExistsError, match="--resume"):
         train(recipe, tmp_path / "resumed", progress=False)
     resumed = train(recipe, tmp_path / "resumed", resume=True, progress=False)

@@ -214,6 +214,27 @@ def load_recipe(recipe: Recipe | str | Path | dict) -> Recipe:
     return parse_recipe(str(recipe))
 
 
+def derive_recipe(
+    base: Recipe,
+    *,
+    name: str,
+    checkpoint: str | Path | None = None,
+    modifiers: list[dict] | None = None,
+    epochs: int | None = None,
+) -> Recipe:
+    """A validated copy of `base` renamed `name`, starting from `checkpoint` (if given), with
+    `modifiers` replacing the base's and, if given, another epoch budget: how multi-run
+    methods (lottery tickets, parallel GaP) derive each training from the user's recipe."""
+    data = base.model_dump(mode="json")
+    if checkpoint is not None:
+        data["model"]["checkpoint"] = str(checkpoint)
+    if epochs is not None:
+        data["train"]["epochs"] = epochs
+    data["modifiers"] = modifiers or []
+    data["output"]["name"] = name
+    return load_recipe(data)
+
+
 def dump_recipe(recipe: Recipe) -> str:
     """YAML text of a validated recipe (defaults filled in), saved with every run."""
     return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)

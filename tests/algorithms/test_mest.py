@@ -249,23 +249,12 @@ def test_mest_with_forgetting_trains_end_to_end(make_recipe, tmp_path):
     ],
     ids=["mest", "rigl"],
 )
-def test_resume_after_a_kill_equals_the_uninterrupted_run(make_recipe, tmp_path, monkeypatch,
-                                                          modifier):
-    import sparseforge.trainer as trainer
-
+def test_resume_after_a_kill_equals_the_uninterrupted_run(
+    make_recipe, tmp_path, train_killed_after_epoch, modifier
+):
     recipe = make_recipe(modifiers=[modifier])
     straight = train(recipe, tmp_path / "straight", progress=False)
-    real_save = trainer.save_atomic
-
-    def save_then_die(obj, path):
-        real_save(obj, path)
-        if obj.get("epoch") == 1:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(trainer, "save_atomic", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train(recipe, tmp_path / "resumed", progress=False)
-    monkeypatch.setattr(trainer, "save_atomic", real_save)
+    train_killed_after_epoch(recipe, tmp_path / "resumed")
     resumed = train(recipe, tmp_path / "resumed", resume=True, progress=False)
     a = load_weights_only(straight / "checkpoints" / "last.pt")
     b = load_weights_only(resumed / "checkpoints" / "last.pt")

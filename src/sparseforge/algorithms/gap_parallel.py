@@ -79,17 +79,6 @@ class ParallelGaPResult:
     cycles: list[dict[str, Any]]
 
 
-def _variant(base: Recipe, name: str, checkpoint: Path, epochs: int, modifiers: list[dict]) -> Recipe:
-    from ..recipe import load_recipe
-
-    data = base.model_dump(mode="json")
-    data["model"]["checkpoint"] = str(checkpoint)
-    data["train"]["epochs"] = epochs
-    data["modifiers"] = modifiers
-    data["output"]["name"] = name
-    return load_recipe(data)
-
-
 def parallel_gap(
     recipe: Recipe | str | Path | dict,
     out_dir: str | Path,
@@ -107,7 +96,7 @@ def parallel_gap(
     replaced by `period` per worker phase and `finetune_epochs` at the end). Writes
     `out_dir/cycle_c/worker_k`, `out_dir/finetune` and `out_dir/parallel_gap.json`."""
     from ..evaluate import build_model, load_model_state, load_splits
-    from ..recipe import load_recipe
+    from ..recipe import derive_recipe, load_recipe
     from ..trainer import train
 
     base, out = load_recipe(recipe), Path(out_dir)
@@ -137,14 +126,16 @@ def parallel_gap(
         for k, group in enumerate(groups):
             worker = {"type": "gap_worker", **worker_spec, "grow": group}
             name = f"cycle_{c}_worker_{k}"
-            run_recipe = _variant(base, name, merged_path, period, [worker])
+            run_recipe = derive_recipe(
+                base, name=name, checkpoint=merged_path, modifiers=[worker], epochs=period
+            )
             runs.append(train(run_recipe, out / f"cycle_{c}" / f"worker_{k}", splits=splits))
         merged = merge_workers([load_model_state(r) for r in runs], groups)
         merged_path = save_atomic(merged, out / f"cycle_{c}" / "merged.pt")
         history.append({"cycle": c, "workers": [_val_accuracy(r) for r in runs]})
 
-    final = train(_variant(base, "finetune", merged_path, finetune_epochs, []), out / "finetune",
-                  splits=splits)
+    finetune = derive_recipe(base, name="finetune", checkpoint=merged_path, epochs=finetune_epochs)
+    final = train(finetune, out / "finetune", splits=splits)
     (out / "parallel_gap.json").write_text(json.dumps(
         {"sparsity": sparsity, "partitions": groups, "cycles": history, "final_run": str(final)},
         indent=2,

@@ -137,18 +137,6 @@ def _run_result(run: Path) -> dict[str, Any]:
     }
 
 
-def _variant(base: Recipe, tag: str, checkpoint: Path | None, modifiers: list[dict]) -> Recipe:
-    """The base recipe starting from `checkpoint` (if any) with `modifiers`, named `tag`."""
-    from ..recipe import load_recipe
-
-    data = base.model_dump(mode="json")
-    if checkpoint is not None:
-        data["model"]["checkpoint"] = str(checkpoint)
-    data["modifiers"] = modifiers
-    data["output"]["name"] = f"{base.output.name}_{tag}"
-    return load_recipe(data)
-
-
 def _trained_model(base: Recipe, splits: DatasetSplits, run: Path) -> nn.Module:
     from ..evaluate import build_model, load_model_state
     from ..sparsity import load_masked_state_dict
@@ -220,7 +208,12 @@ class _Search:
             checkpoint = self.out / tag / "init.pt"
             checkpoint.parent.mkdir(parents=True, exist_ok=True)
             torch.save({k: v.detach().clone() for k, v in start.state_dict().items()}, checkpoint)
-        recipe = _variant(self.base, tag, checkpoint, modifiers or [])
+        from ..recipe import derive_recipe
+
+        recipe = derive_recipe(
+            self.base, name=f"{self.base.output.name}_{tag}", checkpoint=checkpoint,
+            modifiers=modifiers,
+        )
         return train(recipe, self.out / tag, splits=self.splits, progress=self.progress)
 
     def model(
