@@ -12,8 +12,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
-from ..sparsity import CRITERIA, SCHEMES, apply_mask, layer_targets, select_layers
+from ..sparsity import apply_mask, select_layers
 from ..sparsity.patterns import KEPT_PER_KERNEL, derive_library, library_tensor
+from ..sparsity.pruner import masks_for
 from ..sparsity.spec import Fraction, scheme_params
 from ..sparsity.unify import apply_unified, project_unify, sync_unified
 from .base import Modifier, register_modifier
@@ -120,17 +121,10 @@ class Projection:
 
     def masks(self, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
         """The scheme's mask of each tensor at the final sparsity (allocation as configured)."""
-        criterion = CRITERIA.get(self.config.criterion)
-        scores = {n: criterion.score(t, None, None) for n, t in tensors.items()}
-        targets = layer_targets(scores, self.config.final_sparsity, self.config)
-        scheme = SCHEMES.get(self.config.scheme.name)
-        out = {}
-        for n, s in scores.items():
-            try:
-                out[n] = scheme(s, targets[n], **self.params)
-            except ValueError as err:
-                raise ValueError(f"module '{n}': {err}") from None
-        return out
+        return masks_for(
+            tensors, self.config, self.config.final_sparsity, scheme_args=self.params,
+            labels={n: repr(n) for n in tensors},
+        )
 
     def __call__(self, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
         """The projected values: Z = Proj_S(V)."""

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from .criteria import CRITERIA
-from .masks import apply_mask
+from .masks import apply_mask, module_type_name
 from .schemes import SCHEMES
 from .spec import PruningSpec, name_matches, scheme_params
 
@@ -57,6 +57,34 @@ def layer_targets(scores: dict[str, Tensor], target: float, spec: PruningSpec) -
     return targets
 
 
+def masks_for(
+    tensors: dict[str, Tensor],
+    spec: PruningSpec,
+    target: float,
+    grad_stats: dict[str, Tensor | None] | None = None,
+    generator: torch.Generator | None = None,
+    *,
+    scheme_args: dict | None = None,
+    labels: dict[str, str] | None = None,
+) -> dict[str, Tensor]:
+    """Masks (True = kept) for named tensors at the model-wide `target` sparsity: score with
+    the criterion, share the target between tensors, shape each mask with the scheme.
+    `scheme_args` overrides the scheme's parameters; `labels` name tensors in errors."""
+    criterion = CRITERIA.get(spec.criterion)
+    grad_stats = grad_stats or {}
+    scores = {n: criterion.score(t, grad_stats.get(n), generator) for n, t in tensors.items()}
+    targets = layer_targets(scores, target, spec)
+    scheme = SCHEMES.get(spec.scheme.name)
+    params = scheme_params(spec.scheme) if scheme_args is None else scheme_args
+    masks = {}
+    for n, s in scores.items():
+        try:
+            masks[n] = scheme(s, targets[n], **params)
+        except ValueError as err:
+            raise ValueError(f"module {(labels or {}).get(n, repr(n))}: {err}") from None
+    return masks
+
+
 def compute_masks(
     layers: dict[str, nn.Module],
     spec: PruningSpec,
@@ -64,22 +92,11 @@ def compute_masks(
     grad_stats: dict[str, Tensor | None] | None = None,
     generator: torch.Generator | None = None,
 ) -> dict[str, Tensor]:
-    """Masks (True = kept) for each layer at the model-wide `target` sparsity."""
-    criterion = CRITERIA.get(spec.criterion)
-    grad_stats = grad_stats or {}
-    scores = {
-        n: criterion.score(m.weight, grad_stats.get(n), generator) for n, m in layers.items()
-    }
-    targets = layer_targets(scores, target, spec)
-    scheme = SCHEMES.get(spec.scheme.name)
-    params = scheme_params(spec.scheme)
-    masks = {}
-    for n, s in scores.items():
-        try:
-            masks[n] = scheme(s, targets[n], **params)
-        except ValueError as err:
-            raise ValueError(f"module '{n}' ({type(layers[n]).__name__}): {err}") from None
-    return masks
+    """Masks (True = kept) for each layer's weight at the model-wide `target` sparsity."""
+    return masks_for(
+        {n: m.weight for n, m in layers.items()}, spec, target, grad_stats, generator,
+        labels={n: f"'{n}' ({module_type_name(m)})" for n, m in layers.items()},
+    )
 
 
 def prune(
