@@ -78,11 +78,19 @@ def _child(args: list[str], log: Path) -> tuple[float, float]:
 
 
 def _result(summary_path: Path) -> dict:
+    """Accuracy, sparsity and sizes of a finished run; the training-state memory (weights +
+    optimizer state, compact vs dense) where the method logs it (the DST methods)."""
     c = json.loads(summary_path.read_text())["compressed"]
+    lines = (summary_path.parent / "metrics.jsonl").read_text().splitlines()
+    last = json.loads(lines[-1]) if lines else {}
+    state = ""
+    if "memory_compact_bytes" in last:
+        state = f"{last['memory_compact_bytes'] / 1024:.0f} / {last['memory_dense_bytes'] / 1024:.0f}"
     return {
         "test_accuracy": c["test_accuracy"],
         "sparsity": 1 - c["nonzeros"] / c["params"],
         "compact_kb": c["file_bytes"] / 1024,
+        "train_state_kb": state,
     }
 
 
@@ -152,15 +160,16 @@ def write_outputs(rows: list[dict], out: Path, machine: dict, epochs: int, total
         f"{machine['torch_version']}. Budget: {epochs} epochs per training. Total wall time "
         f"{total / 60:.1f} min.",
         "",
-        "| method | target | test acc | vs dense (pt) | sparsity | wall (s) | peak RSS (MB) | compact (kB) | note |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| method | target | test acc | vs dense (pt) | sparsity | wall (s) | peak RSS (MB) | "
+        "train state compact / dense (kB) | model file compact (kB) | note |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         delta = "" if dense is None else f"{100 * (r['test_accuracy'] - dense):+.2f}"
         lines.append(
             f"| {r['method']} | {r['target']:.2f} | {100 * r['test_accuracy']:.2f}% | {delta} | "
             f"{100 * r['sparsity']:.1f}% | {r['wall_s']:.0f} | {r['peak_rss_mb']:.0f} | "
-            f"{r['compact_kb']:.0f} | {r['note']} |"
+            f"{r['train_state_kb']} | {r['compact_kb']:.0f} | {r['note']} |"
         )
     (out / "study.md").write_text("\n".join(lines) + "\n")
     plot_per_method(rows, out / "accuracy_vs_sparsity.png")
