@@ -43,13 +43,13 @@ def unstructured(scores: Tensor, sparsity: float) -> Tensor:
     return _keep_all_but_lowest(flat, _n_pruned(flat.numel(), sparsity)).reshape(scores.shape)
 
 
-def _nm_layout(t: Tensor) -> Tensor:
+def nm_layout(t: Tensor) -> Tensor:
     """(out, kh, kw, in) for convolutions so N:M groups run along input channels, as sparse
     tensor cores and channels-last kernels read them; (out, in) for linear weights."""
     return t.permute(0, *range(2, t.dim()), 1) if t.dim() > 2 else t
 
 
-def _nm_unlayout(t: Tensor, shape: torch.Size) -> Tensor:
+def nm_unlayout(t: Tensor, shape: torch.Size) -> Tensor:
     if len(shape) <= 2:
         return t.reshape(shape)
     nd = len(shape)
@@ -69,10 +69,10 @@ def n_m(scores: Tensor, sparsity: float, n: int = 2, m: int = 4) -> Tensor:
             f"{m}; exclude this layer from the modifier (`layers: {{exclude: [NAME]}}`)"
         )
     keep_per_group = min(m, max(n, m - int(round(sparsity * m))))
-    grouped = _nm_layout(scores).reshape(-1, m)  # (groups, m)
+    grouped = nm_layout(scores).reshape(-1, m)  # (groups, m)
     top = torch.topk(grouped, keep_per_group, dim=1, sorted=False).indices
     mask = torch.zeros_like(grouped, dtype=torch.bool).scatter_(1, top, True)
-    return _nm_unlayout(mask, scores.shape)
+    return nm_unlayout(mask, scores.shape)
 
 
 @SCHEMES.register("channel")
