@@ -1,0 +1,96 @@
+"""Lazy build of the C++ CPU kernels (csrc/cpu) with torch.utils.cpp_extension, one variant per
+instruction set, picked at run time: the wheel must run on any x86-64, so no -march=native.
+Nothing here compiles until a kernel is first called."""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+# variant -> extra compiler flags; "generic" is plain x86-64 (SSE2), the portable floor
+ISA_FLAGS: dict[str, tuple[str, ...]] = {"avx2": ("-mavx2", "-mfma"), "generic": ()}
+_AVX2_OR_BETTER = {"AVX2", "AVX512"}
+CSRC = Path(__file__).resolve().parents[3] / "csrc" / "cpu"
+
+
+class ExtensionBuildError(RuntimeError):
+    """The C++ extension could not be compiled or loaded; `reason` is the compiler's word."""
+
+    def __init__(self, variant: str, reason: str) -> None:
+        super().__init__(f"sparseforge C++ kernels ({variant}) did not build: {reason}")
+        self.reason = reason
+
+
+def cache_dir() -> Path:
+    """Where builds go: $SPARSEFORGE_EXT_DIR, else $XDG_CACHE_HOME (or ~/.cache)/sparseforge/ext,
+    with the torch version in the path so an upgrade rebuilds."""
+    if os.environ.get("SPARSEFORGE_EXT_DIR"):
+        root = Path(os.environ["SPARSEFORGE_EXT_DIR"])
+    else:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        root = base / "sparseforge" / "ext"
+    return root / f"torch-{torch.__version__.replace('+', '_')}"
+
+
+def supported_isas() -> list[str]:
+    """The variants this CPU can run, best first."""
+    cap = torch.backends.cpu.get_cpu_capability()
+    return (["avx2"] if cap in _AVX2_OR_BETTER else []) + ["generic"]
+
+
+def best_isa() -> str:
+    return supported_isas()[0]
+
+
+def _first_error(text: str) -> str:
+    """The compiler's first `error:` line (the useful one in pages of ninja output)."""
+    for line in text.splitlines():
+        if re.search(r"\berror\b", line):
+            return line.strip()
+    return text.strip().splitlines()[-1] if text.strip() else "unknown error"
+
+
+@functools.cache
+def load(name: str, variant: str, source: Path | None = None) -> None:
+    """Compile (once, cached on disk) and load csrc/cpu/<name>.cpp as `variant`, registering its
+    `sparseforge::_<name>_<variant>` op. Raises ExtensionBuildError naming the compiler error."""
+    from torch.utils import cpp_extension  # imported here: keeps `import sparseforge` lean
+
+    if variant not in ISA_FLAGS:
+        raise ValueError(f"unknown ISA variant {variant!r}; choose from {sorted(ISA_FLAGS)}")
+    src = source or CSRC / f"{name}.cpp"
+    if not src.is_file():
+        raise ExtensionBuildError(variant, f"source {src} not found (install from a checkout)")
+    build = cache_dir() / f"{name}_{variant}"
+    build.mkdir(parents=True, exist_ok=True)
+    flags = ["-O3", "-fopenmp", f"-DSF_ISA={variant}", *ISA_FLAGS[variant]]
+    # the venv's own ninja (the `dev` extra) is found even when the venv is not activated
+    path = os.environ.get("PATH", "")
+    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), path])
+    try:
+        cpp_extension.load(
+            name=f"sparseforge_{name}_{variant}", sources=[str(src)], extra_cflags=flags,
+            extra_ldflags=["-fopenmp"], build_directory=str(build), is_python_module=False,
+            verbose=False,
+        )
+    except (RuntimeError, OSError, ImportError) as e:  # compiler, ninja or loader failures
+        raise ExtensionBuildError(variant, _first_error(str(e))) from e
+    finally:
+        os.environ["PATH"] = path
+
+
+def kernel(name: str, variant: str | None = None) -> Callable[..., torch.Tensor]:
+    """The compiled op `sparseforge::_<name>_<variant>` (best supported variant by default),
+    building it on first use."""
+    variant = variant or best_isa()
+    if variant not in supported_isas():
+        raise RuntimeError(f"this CPU ({torch.backends.cpu.get_cpu_capability()}) cannot run "
+                           f"the {variant!r} kernels; it supports {supported_isas()}")
+    load(name, variant)
+    return getattr(torch.ops.sparseforge, f"_{name}_{variant}")
