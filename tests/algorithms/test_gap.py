@@ -226,3 +226,42 @@ def test_a_tiny_run_through_the_trainer(make_recipe, tmp_path):
     assert [m["sparsity"] < 0.75 for m in lines] == [True, False, False]
     assert lines[-1]["sparsity"] == pytest.approx(0.8, abs=1e-3)
     assert lines[-1]["val_accuracy"] > 0.3  # 10 classes: chance is 0.1
+
+
+def test_erk_distribution_sets_each_layer_and_keeps_the_model_budget():
+    import torch
+    from torch import nn
+
+    from sparseforge import Session
+    from sparseforge.sparsity import layer_sparsity, masked_modules
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 8))
+    recipe = {
+        "train": {"epochs": 4},
+        "modifiers": [{"type": "gap", "sparsity": 0.9, "partitions": 2, "distribution": "erk",
+                       "finetune_epochs": 1}],
+    }
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    session = Session(model, recipe, opt, steps_per_epoch=2)
+    gap = session.modifiers[0]
+    targets = gap.erk_targets
+    assert targets["2"] < targets["0"]  # ERK: the small output layer keeps more
+    sizes = {n: m.weight.numel() for n, m in masked_modules(model)}
+    kept = sum((1 - targets[n]) * sizes[n] for n in sizes)
+    assert kept / sum(sizes.values()) == pytest.approx(0.1, abs=0.01)
+    for _ in range(6):  # run until the final prune
+        session.step()
+    assert gap.grown is None
+    for n, s in layer_sparsity(model).items():
+        assert s == pytest.approx(targets[n], abs=0.01)
+
+
+def test_erk_refuses_global_allocation():
+    from sparseforge.recipe import RecipeError, parse_recipe
+
+    with pytest.raises(RecipeError, match="erk fixes each layer"):
+        parse_recipe(
+            "train: {epochs: 4}\nmodifiers: [{type: gap, sparsity: 0.9, distribution: erk, "
+            "allocation: global}]\n"
+        )

@@ -13,6 +13,7 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from ..sparsity import apply_mask, compute_masks, get_mask, select_layers
+from ..sparsity.mutation import erk_densities
 from ..sparsity.spec import name_matches
 from .base import Modifier, register_modifier
 from .pruning import MaskedLayers, PruningConfig, _weight_param
@@ -29,6 +30,9 @@ class GaPConfig(PruningConfig):
     final_prune_epoch: float | None = Field(
         None, gt=0.0, description="epoch of the final prune (default: epochs - finetune_epochs)"
     )
+    distribution: Literal["uniform", "erk"] = Field(
+        "uniform", description="erk: per-layer sparsity by Erdős–Rényi-Kernel (as RigL/MEST)"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> GaPConfig:
@@ -40,6 +44,8 @@ class GaPConfig(PruningConfig):
                     f"partitions = {self.partitions} but {len(self.groups)} groups are given; "
                     "drop `partitions` (the groups define them)"
                 )
+        if self.distribution == "erk" and self.allocation != "layerwise":
+            raise ValueError("distribution: erk fixes each layer's sparsity; drop allocation")
         if {"final_prune_epoch", "finetune_epochs"} <= self.model_fields_set:
             raise ValueError(
                 "set either final_prune_epoch or finetune_epochs (the final prune happens at "
@@ -116,14 +122,13 @@ class GrowAndPrune(Modifier):
                 f"{final:g}, fewer than its {len(self.partitions)} partitions, so some would "
                 "never grow; lower `period` or `partitions`, or train longer"
             )
+        self.erk_targets = _erk_targets(layers, config) if config.distribution == "erk" else None
         self.phase = 0  # index of the current grow phase; its partition is phase mod K
         self.grown: int | None = None  # the partition now dense; None once fine-tuning
 
     def on_start(self, session) -> None:
         random_spec = self.config.model_copy(update={"criterion": "random"})
-        sparsity = self.config.final_sparsity
-        masks = compute_masks(self.owned.layers, random_spec, sparsity, None, session.generator)
-        for n, mask in masks.items():
+        for n, mask in self._masks(self.owned.layers, random_spec, None, session).items():
             apply_mask(self.owned.layers[n], mask)
         self._grow(0, session)
         session.masks_changed()
@@ -163,10 +168,19 @@ class GrowAndPrune(Modifier):
         names = self.partitions[self.grown]
         layers = {n: self.owned.layers[n] for n in names}
         stats = {n: self.owned.taylor[n].value() for n in names if n in self.owned.taylor}
-        target = self.config.final_sparsity
-        masks = compute_masks(layers, self.config, target, stats, session.generator)
-        for n, mask in masks.items():
+        for n, mask in self._masks(layers, self.config, stats, session).items():
             apply_mask(layers[n], mask)
+
+    def _masks(self, layers: dict[str, nn.Module], spec, stats, session) -> dict[str, Tensor]:
+        """Masks at the target: one call over `layers` (uniform, or global allocation), or
+        layer by layer at each layer's ERK sparsity."""
+        if self.erk_targets is None:
+            target = self.config.final_sparsity
+            return compute_masks(layers, spec, target, stats, session.generator)
+        return {
+            n: compute_masks({n: m}, spec, self.erk_targets[n], stats, session.generator)[n]
+            for n, m in layers.items()
+        }
 
     def metrics(self) -> dict[str, float]:
         return {
@@ -187,6 +201,17 @@ class GrowAndPrune(Modifier):
             )
         self.phase = int(state["phase"])
         self.grown = None if grown is None else int(grown)
+
+
+def _erk_targets(layers: dict[str, nn.Module], config: GaPConfig) -> dict[str, float]:
+    """Per-layer sparsity from ERK at the model's target; overrides keep their own."""
+    fixed = {
+        n: o.sparsity for o in config.overrides for n in layers
+        if any(name_matches(n, p) for p in o.layers)
+    }
+    shapes = {n: tuple(m.weight.shape) for n, m in layers.items()}
+    densities = erk_densities(shapes, 1.0 - config.final_sparsity, fixed)
+    return {n: 1.0 - d for n, d in densities.items()}
 
 
 def _zero_optimizer_state(
