@@ -56,6 +56,30 @@ def _ticket(args: argparse.Namespace) -> int:
     return 0
 
 
+def _deploy(args: argparse.Namespace) -> int:
+    from .runtime import deploy_run, format_plan
+
+    deployed, path = deploy_run(args.run_dir, args.target, batch=args.batch, repeats=args.repeats)
+    print(format_plan(deployed.plan))
+    print(f"plan and timings written to {path}")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from .runtime import bench_run, format_plan
+
+    result, path = bench_run(args.run_dir, args.target, batch_sizes=args.batch_sizes,
+                             repeats=args.repeats)
+    print(format_plan(result["layers"]))
+    print(f"end to end ({result['deployment']}):")
+    for b in result["latency_ms"]["dense"]:
+        dense, ours = result["latency_ms"]["dense"][b], result["latency_ms"]["deployed"][b]
+        print(f"  batch {b}: dense {dense:.3f} ms, deployed {ours:.3f} ms, "
+              f"speedup {result['speedup'][b]:.2f}x")
+    print(f"written to {path}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -103,6 +127,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rewind survivors to their values at this epoch (0 = initial weights)")
     k.add_argument("--allocation", choices=["global", "layerwise"], default="global")
     k.set_defaults(fn=_ticket)
+
+    dp = sub.add_parser(
+        "deploy", help="pick the fastest measured kernel per layer; save choices and timings"
+    )
+    dp.add_argument("run_dir", help="run folder written by train or compress")
+    dp.add_argument("--target", choices=["cpu", "cuda"], default="cpu")
+    dp.add_argument("--batch", type=int, default=1,
+                    help="test images in the example input the layers are timed on (default 1)")
+    dp.add_argument("--repeats", type=int, default=20, help="timed calls per candidate and round")
+    dp.set_defaults(fn=_deploy)
+
+    b = sub.add_parser("bench", help="end-to-end latency dense vs deployed, and the per-layer table")
+    b.add_argument("run_dir", help="run folder (deployed first if it has no deploy/ for --target)")
+    b.add_argument("--target", choices=["cpu", "cuda"], default="cpu")
+    b.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64], metavar="N",
+                   help="batch sizes to time (default 1 64)")
+    b.add_argument("--repeats", type=int, default=10, help="timed calls per model and round")
+    b.set_defaults(fn=_bench)
 
     d = sub.add_parser("demo", help="Fashion-MNIST: train dense, prune 90%% gradually, report")
     d.add_argument("--out", default="runs/demo", help="folder for the demo's runs")
