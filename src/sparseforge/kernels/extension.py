@@ -17,6 +17,7 @@ import torch
 ISA_FLAGS: dict[str, tuple[str, ...]] = {"avx2": ("-mavx2", "-mfma"), "generic": ()}
 _AVX2_OR_BETTER = {"AVX2", "AVX512"}
 CSRC = Path(__file__).resolve().parents[3] / "csrc" / "cpu"
+_PACKAGE_CSRC = CSRC  # CSRC may be pointed elsewhere (tests); this is the shipped source
 
 
 class ExtensionBuildError(RuntimeError):
@@ -65,6 +66,9 @@ def load(name: str, variant: str, source: Path | None = None) -> None:
     if variant not in ISA_FLAGS:
         raise ValueError(f"unknown ISA variant {variant!r}; choose from {sorted(ISA_FLAGS)}")
     src = source or CSRC / f"{name}.cpp"
+    if src == _PACKAGE_CSRC / f"{name}.cpp" and hasattr(torch.ops.sparseforge, f"_{name}_{variant}"):
+        return  # already loaded in this process: loading the library again would register
+        # its ops twice, which aborts the process
     if not src.is_file():
         raise ExtensionBuildError(variant, f"source {src} not found (install from a checkout)")
     build = cache_dir() / f"{name}_{variant}"

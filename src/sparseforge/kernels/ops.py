@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sparseforge.formats import BCR, CSR
 from sparseforge.formats.bsr import from_tiles
 
 from . import extension
@@ -64,4 +65,120 @@ def bsr_linear(
     """`torch.ops.sparseforge.bsr_linear`: the fast CPU path of `bsr_linear_reference`."""
     return torch.ops.sparseforge.bsr_linear(
         x, crow_indices, col_indices, values_t, bias, out_features
+    )
+
+
+# --- BCR (GRIM) -----------------------------------------------------------------------------
+# Arguments are the BCR fields (sparseforge.formats.BCR) with one change: each stored block's
+# (kr, kc) tile is stored transposed, (kc, kr), so the kernel's inner loop is an axpy over the
+# kept output rows. block_ids (nstored,) int32/int64: block_row * ceil(K / c) + block_col, grouped
+# by tile shape; group_shapes (G, 2) = (kr, kc); group_ptr (G + 1,); row_indices (sum kr,) and
+# col_indices (sum kc,): kept positions inside each block (uint8, or wider for blocks over 256);
+# values_t (sum kr * kc,) float32; block_rows, block_cols = (r, c).
+
+lib.define(
+    "bcr_linear(Tensor x, Tensor block_ids, Tensor group_shapes, Tensor group_ptr, "
+    "Tensor row_indices, Tensor col_indices, Tensor values_t, Tensor? bias, int out_features, "
+    "int block_rows, int block_cols) -> Tensor"
+)
+
+
+def bcr_tiles_t(values: Tensor, group_shapes: Tensor, group_ptr: Tensor, *,
+                inverse: bool = False) -> Tensor:
+    """BCR values with every (kr, kc) tile transposed to (kc, kr) (or back, `inverse`)."""
+    out, at = [], 0
+    for g, (kr, kc) in enumerate(group_shapes.tolist()):
+        nb = int(group_ptr[g + 1]) - int(group_ptr[g])
+        shape = (nb, kc, kr) if inverse else (nb, kr, kc)
+        out.append(values[at:at + nb * kr * kc].reshape(shape).transpose(1, 2).reshape(-1))
+        at += nb * kr * kc
+    return torch.cat(out) if out else values.clone()
+
+
+def bcr_linear_reference(
+    x: Tensor, block_ids: Tensor, group_shapes: Tensor, group_ptr: Tensor, row_indices: Tensor,
+    col_indices: Tensor, values_t: Tensor, bias: Tensor | None, out_features: int,
+    block_rows: int, block_cols: int,
+) -> Tensor:
+    """y = x @ W^T + b with W (out_features, K = x.shape[-1]) in BCR, tiles transposed as the
+    kernel reads them (see above). Densifies W through `BCR.to_dense`, then F.linear."""
+    values = bcr_tiles_t(values_t, group_shapes, group_ptr, inverse=True)
+    fmt = BCR((out_features, x.shape[-1]), (block_rows, block_cols), block_ids, group_shapes,
+              group_ptr, row_indices, col_indices, values)
+    return F.linear(x, fmt.to_dense(), bias)
+
+
+@torch.library.register_fake("sparseforge::bcr_linear", lib=lib)
+def _bcr_linear_fake(
+    x: Tensor, block_ids: Tensor, group_shapes: Tensor, group_ptr: Tensor, row_indices: Tensor,
+    col_indices: Tensor, values_t: Tensor, bias: Tensor | None, out_features: int,
+    block_rows: int, block_cols: int,
+) -> Tensor:
+    torch._check(values_t.dim() == 1, lambda: "values_t must be (sum kr * kc,)")
+    torch._check(group_shapes.dim() == 2, lambda: "group_shapes must be (G, 2)")
+    return x.new_empty((*x.shape[:-1], out_features))  # (..., N)
+
+
+def _bcr_linear_cpu(*args: object) -> Tensor:
+    return extension.kernel("bcr_linear")(*args)
+
+
+lib.impl("bcr_linear", _bcr_linear_cpu, "CPU")
+
+
+def bcr_linear(
+    x: Tensor, block_ids: Tensor, group_shapes: Tensor, group_ptr: Tensor, row_indices: Tensor,
+    col_indices: Tensor, values_t: Tensor, bias: Tensor | None, out_features: int,
+    block_rows: int, block_cols: int,
+) -> Tensor:
+    """`torch.ops.sparseforge.bcr_linear`: the fast CPU path of `bcr_linear_reference`."""
+    return torch.ops.sparseforge.bcr_linear(
+        x, block_ids, group_shapes, group_ptr, row_indices, col_indices, values_t, bias,
+        out_features, block_rows, block_cols,
+    )
+
+
+# --- CSR (unstructured) ---------------------------------------------------------------------
+# Arguments are the CSR fields (sparseforge.formats.CSR): crow_indices (N + 1,), col_indices
+# (nnz,) int32 or int64, values (nnz,) float32.
+
+lib.define(
+    "csr_linear(Tensor x, Tensor crow_indices, Tensor col_indices, Tensor values, Tensor? bias, "
+    "int out_features) -> Tensor"
+)
+
+
+def csr_linear_reference(
+    x: Tensor, crow_indices: Tensor, col_indices: Tensor, values: Tensor, bias: Tensor | None,
+    out_features: int,
+) -> Tensor:
+    """y = x @ W^T + b with W (out_features, K = x.shape[-1]) in CSR: row n holds `values[
+    crow[n]:crow[n+1]]` at columns `col_indices[...]`. Densifies W, then F.linear."""
+    fmt = CSR((out_features, x.shape[-1]), crow_indices, col_indices, values)
+    return F.linear(x, fmt.to_dense(), bias)
+
+
+@torch.library.register_fake("sparseforge::csr_linear", lib=lib)
+def _csr_linear_fake(
+    x: Tensor, crow_indices: Tensor, col_indices: Tensor, values: Tensor, bias: Tensor | None,
+    out_features: int,
+) -> Tensor:
+    torch._check(values.dim() == 1, lambda: "values must be (nnz,)")
+    return x.new_empty((*x.shape[:-1], out_features))  # (..., N)
+
+
+def _csr_linear_cpu(*args: object) -> Tensor:
+    return extension.kernel("csr_linear")(*args)
+
+
+lib.impl("csr_linear", _csr_linear_cpu, "CPU")
+
+
+def csr_linear(
+    x: Tensor, crow_indices: Tensor, col_indices: Tensor, values: Tensor, bias: Tensor | None,
+    out_features: int,
+) -> Tensor:
+    """`torch.ops.sparseforge.csr_linear`: the fast CPU path of `csr_linear_reference`."""
+    return torch.ops.sparseforge.csr_linear(
+        x, crow_indices, col_indices, values, bias, out_features
     )

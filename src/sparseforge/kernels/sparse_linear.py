@@ -1,68 +1,129 @@
-"""`SparseLinear`: an nn.Linear whose weight is stored as BSR and multiplied by the C++ kernel
-(`sparseforge::bsr_linear`), or by its reference twin when the kernel cannot be built."""
+"""`SparseLinear`: an nn.Linear whose weight is stored as BSR, BCR or CSR and multiplied by the
+matching C++ kernel (`sparseforge::{bsr,bcr,csr}_linear`), or by its reference twin when that
+kernel cannot be built."""
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
-from sparseforge.formats import BSR
+from sparseforge.formats import BCR, BSR, CSR
+from sparseforge.sparsity.masks import get_mask
 
 from . import extension, ops
 
-_build_error: list[str] = []  # the compiler error, once the build has failed in this process
+_build_error: list[str] = []  # kernels whose build failed in this process (warned once each)
+
+FORMATS: dict[str, type[BSR] | type[BCR] | type[CSR]] = {"bsr": BSR, "bcr": BCR, "csr": CSR}
+# format -> (fast op, reference twin, buffer names in argument order after x)
+_OPS: dict[str, tuple[Callable[..., Tensor], Callable[..., Tensor], tuple[str, ...]]] = {
+    "bsr": (ops.bsr_linear, ops.bsr_linear_reference,
+            ("crow_indices", "col_indices", "values_t")),
+    "bcr": (ops.bcr_linear, ops.bcr_linear_reference,
+            ("block_ids", "group_shapes", "group_ptr", "row_indices", "col_indices", "values_t")),
+    "csr": (ops.csr_linear, ops.csr_linear_reference,
+            ("crow_indices", "col_indices", "values")),
+}
 
 
-def kernel_available() -> bool:
-    """Whether the C++ kernel builds here; on the first failure warns once, naming the error."""
-    if _build_error:
+def kernel_available(name: str = "bsr_linear") -> bool:
+    """Whether the C++ kernel `name` builds here; on its first failure warns once, naming the
+    compiler error."""
+    if name in _build_error:
         return False
     try:
-        extension.kernel("bsr_linear")
+        extension.kernel(name)
     except extension.ExtensionBuildError as e:
-        _build_error.append(e.reason)
+        _build_error.append(name)
         warnings.warn(
-            f"{e}; SparseLinear falls back to the (slower) PyTorch reference",
+            f"{e}; SparseLinear falls back to the (slower) PyTorch reference for {name}",
             RuntimeWarning, stacklevel=3,
         )
         return False
     return True
 
 
-class SparseLinear(nn.Module):
-    """y = x @ W^T + b with W held as BSR tiles (transposed, as the kernel reads them)."""
+def _buffers(fmt: BSR | BCR | CSR) -> dict[str, Tensor]:
+    """The op's tensor arguments for a stored weight (tiles transposed where the kernel wants)."""
+    if isinstance(fmt, BSR):
+        return {"crow_indices": fmt.crow_indices, "col_indices": fmt.col_indices,
+                "values_t": fmt.values.transpose(1, 2).contiguous()}  # (nb, bw, bh)
+    if isinstance(fmt, BCR):
+        return {"block_ids": fmt.block_ids, "group_shapes": fmt.group_shapes,
+                "group_ptr": fmt.group_ptr, "row_indices": fmt.row_indices,
+                "col_indices": fmt.col_indices,
+                "values_t": ops.bcr_tiles_t(fmt.values, fmt.group_shapes, fmt.group_ptr)}
+    return {"crow_indices": fmt.crow_indices, "col_indices": fmt.col_indices,
+            "values": fmt.values}
 
-    def __init__(self, fmt: BSR, bias: Tensor | None) -> None:
+
+class SparseLinear(nn.Module):
+    """y = x @ W^T + b with W held as BSR tiles, BCR compacted tiles or CSR nonzeros."""
+
+    def __init__(self, fmt: BSR | BCR | CSR, bias: Tensor | None) -> None:
         super().__init__()
+        self.format = next(k for k, cls in FORMATS.items() if isinstance(fmt, cls))
         self.out_features, self.in_features = fmt.matrix_shape
-        self.block = fmt.block
-        self.register_buffer("crow_indices", fmt.crow_indices)
-        self.register_buffer("col_indices", fmt.col_indices)
-        self.register_buffer("values_t", fmt.values.transpose(1, 2).contiguous())  # (nb, bw, bh)
+        self.block = getattr(fmt, "block", None)
+        for name, t in _buffers(fmt).items():
+            self.register_buffer(name, t)
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, block: tuple[int, int] = (16, 16)) -> SparseLinear:
+    def from_linear(
+        cls, linear: nn.Linear, block: tuple[int, int] = (16, 16), format: str = "bsr",
+        mask: Tensor | None = None,
+    ) -> SparseLinear:
         """Convert a masked (parametrized) or baked nn.Linear: `linear.weight` reads as the
-        masked weight either way; tiles with no nonzero are dropped."""
+        masked weight either way. The kept entries are `mask`, else the layer's own mask (so a
+        kept weight that is exactly 0 keeps its place), else the nonzeros. `format`: 'bsr'
+        (tiles with no kept entry dropped), 'bcr' (kept entries must be BCR-shaped for `block`,
+        e.g. a `bcr`-scheme mask) or 'csr' (`block` unused)."""
+        if format not in FORMATS:
+            raise ValueError(f"unknown format {format!r}; choose from {sorted(FORMATS)}")
+        mask = get_mask(linear) if mask is None else mask
         with torch.no_grad():
-            fmt = BSR.from_dense(linear.weight.detach(), block=block)
+            w = linear.weight.detach()
+            if format == "csr":
+                fmt = CSR.from_dense(w, mask=mask)
+            else:
+                fmt = FORMATS[format].from_dense(w, block, mask=mask)
         return cls(fmt, linear.bias)
 
+    def to_format(self) -> BSR | BCR | CSR:
+        """The weight back in its storage format."""
+        shape = (self.out_features, self.in_features)
+        if self.format == "bsr":
+            return BSR(shape, self.block, self.crow_indices, self.col_indices,
+                       self.values_t.transpose(1, 2).contiguous())
+        if self.format == "bcr":
+            values = ops.bcr_tiles_t(self.values_t, self.group_shapes, self.group_ptr,
+                                     inverse=True)
+            return BCR(shape, self.block, self.block_ids, self.group_shapes, self.group_ptr,
+                       self.row_indices, self.col_indices, values)
+        return CSR(shape, self.crow_indices, self.col_indices, self.values)
+
     def to_bsr(self) -> BSR:
-        """The weight back in the storage format."""
-        return BSR((self.out_features, self.in_features), self.block, self.crow_indices,
-                   self.col_indices, self.values_t.transpose(1, 2).contiguous())
+        """The weight as BSR (for a BSR-stored layer)."""
+        if self.format != "bsr":
+            raise TypeError(f"this layer stores {self.format.upper()}; use to_format()")
+        return self.to_format()  # type: ignore[return-value]
 
     def forward(self, x: Tensor) -> Tensor:  # (..., in) -> (..., out)
-        args = (x, self.crow_indices, self.col_indices, self.values_t, self.bias,
-                self.out_features)
-        if x.device.type == "cpu" and x.dtype == torch.float32 and kernel_available():
-            return ops.bsr_linear(*args)
-        return ops.bsr_linear_reference(*args)
+        fast, reference, names = _OPS[self.format]
+        args = (x, *(getattr(self, n) for n in names), self.bias, self.out_features)
+        if self.format == "bcr":
+            args = (*args, *self.block)
+        use_kernel = x.device.type == "cpu" and x.dtype == torch.float32
+        if use_kernel and kernel_available(f"{self.format}_linear"):
+            return fast(*args)
+        return reference(*args)
 
     def extra_repr(self) -> str:
+        stored = self.values.numel() if self.format == "csr" else self.values_t.numel()
+        block = "" if self.block is None else f", block={self.block}"
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"block={self.block}, tiles={self.values_t.shape[0]}")
+                f"format={self.format}{block}, stored_values={stored}")

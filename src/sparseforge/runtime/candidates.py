@@ -57,37 +57,55 @@ register_candidate(Candidate(
 ))
 
 
-def _bsr_applies(block: tuple[int, int]) -> Callable[[nn.Module, Tensor | None], bool | str]:
+def _kept(module: nn.Module, mask: Tensor | None) -> Tensor:
+    weight = module.weight.detach()
+    return (weight != 0) if mask is None else mask.to(weight.device)
+
+
+def _sparse_applies(
+    fmt: str, block: tuple[int, int] | None
+) -> Callable[[nn.Module, Tensor | None], bool | str]:
+    """When a `fmt` kernel can replace a Linear: float32, something to skip in its layout
+    (an all-zero tile for BSR, a BCR-shaped mask for BCR, any zero for CSR), a built kernel."""
+
     def applies(module: nn.Module, mask: Tensor | None) -> bool | str:
+        from ..formats import BCR
         from ..formats.bsr import to_tiles
         from ..kernels.sparse_linear import kernel_available
 
-        weight = module.weight.detach()
-        if weight.dtype != torch.float32:
-            return f"weight is {weight.dtype}; the BSR kernel is float32 only"
-        kept = (weight != 0) if mask is None else mask.to(weight.device)
-        tiles = to_tiles(kept.float(), *block).any(dim=(2, 3))
-        if bool(tiles.all()):
+        if module.weight.dtype != torch.float32:
+            return f"weight is {module.weight.dtype}; the {fmt.upper()} kernel is float32 only"
+        kept = _kept(module, mask)
+        if fmt == "bsr" and bool(to_tiles(kept.float(), *block).any(dim=(2, 3)).all()):
             return f"no all-zero {block[0]}x{block[1]} tile: nothing to skip"
-        if not kernel_available():
-            return "the BSR C++ kernel did not build here (see the warning); only the slow reference runs"
+        if fmt == "csr" and bool(kept.all()):
+            return "no zero weight: nothing to skip"
+        if fmt == "bcr":
+            try:
+                BCR.from_dense(module.weight.detach() * kept, block, mask=kept)
+            except ValueError:
+                return f"the mask is not BCR-shaped for {block[0]}x{block[1]} blocks"
+        if not kernel_available(f"{fmt}_linear"):
+            return f"the {fmt.upper()} C++ kernel did not build here (see the warning)"
         return True
 
     return applies
 
 
-def _bsr_build(block: tuple[int, int]) -> Callable[[nn.Module], nn.Module]:
+def _sparse_build(fmt: str, block: tuple[int, int] | None) -> Callable[[nn.Module], nn.Module]:
     def build(module: nn.Module) -> nn.Module:
         from ..kernels import SparseLinear
 
         assert isinstance(module, nn.Linear)
-        return SparseLinear.from_linear(module, block=block)
+        return SparseLinear.from_linear(module, block=block or (1, 1), format=fmt)
 
     return build
 
 
-for _block in ((16, 16), (8, 8)):
+for _fmt, _block, _name in (
+    ("bsr", (16, 16), "bsr16"), ("bsr", (8, 8), "bsr8"),
+    ("bcr", (16, 16), "bcr16"), ("bcr", (8, 8), "bcr8"), ("csr", None, "csr"),
+):
     register_candidate(Candidate(
-        f"bsr{_block[0]}" if _block[0] == _block[1] else f"bsr{_block[0]}x{_block[1]}",
-        (nn.Linear,), _bsr_applies(_block), _bsr_build(_block),
+        _name, (nn.Linear,), _sparse_applies(_fmt, _block), _sparse_build(_fmt, _block)
     ))
