@@ -1,0 +1,56 @@
+"""What every C++ kernel shares: a failed build falls back to the reference twin with one
+warning naming the compiler error, and `import sparseforge` builds and loads nothing."""
+
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from sparseforge.kernels import SparseLinear, extension, sparse_linear
+
+FORMATS = ("bsr", "bcr", "csr")
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_falls_back_to_reference_with_one_warning_naming_the_compiler_error(
+    tmp_path, monkeypatch, fmt
+):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / f"{fmt}_linear.cpp").write_text("int broken( {\n")
+    monkeypatch.setattr(extension, "CSRC", tmp_path / "src")
+    monkeypatch.setenv("SPARSEFORGE_EXT_DIR", str(tmp_path / "ext"))
+    monkeypatch.setattr(sparse_linear, "_build_error", [])
+    extension.load.cache_clear()
+    try:
+        lin = nn.Linear(12, 10)
+        sl = SparseLinear.from_linear(lin, (4, 4), format=fmt)  # dense: BCR-shaped too
+        x = torch.randn(3, 12)
+        with pytest.warns(RuntimeWarning, match=f"did not build: .*error.*{fmt}_linear"):
+            y = sl(x)
+        expected = lin(x).detach()
+        torch.testing.assert_close(y, expected, rtol=0, atol=1e-5 * max(1.0, float(expected.abs().max())))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            sl(x)  # warned once only
+    finally:
+        extension.load.cache_clear()
+
+
+def test_import_builds_and_loads_no_extension(tmp_path):
+    code = (
+        "import sys, torch, sparseforge, sparseforge.kernels\n"
+        f"for name in {FORMATS!r}:\n"
+        "    for isa in ('avx2', 'generic'):\n"
+        "        assert not hasattr(torch.ops.sparseforge, f'_{name}_linear_{isa}'), name\n"
+        "assert 'torch.utils.cpp_extension' not in sys.modules\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "SPARSEFORGE_EXT_DIR"}
+    env["XDG_CACHE_HOME"] = str(tmp_path)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert not (tmp_path / "sparseforge").exists()
