@@ -30,7 +30,7 @@ FORMAT = {"block": "bsr", "bcr": "bcr", "unstructured": "csr"}
 
 
 def sparse_linear(
-    scheme: str, n: int, k: int, s: float, seed: int = 0
+    scheme: str, n: int, k: int, s: float, seed: int = 0, bcr_block: tuple[int, int] = BCR_BLOCK
 ) -> tuple[torch.nn.Linear, torch.Tensor]:
     """nn.Linear whose weight is masked by `scheme` at sparsity s (random scores, so random
     kept tiles / rows and columns / entries), and the mask."""
@@ -39,7 +39,7 @@ def sparse_linear(
     if scheme == "block":
         mask = schemes.block(scores, s, block=BLOCK)
     elif scheme == "bcr":
-        mask = schemes.bcr(scores, s, block=BCR_BLOCK)
+        mask = schemes.bcr(scores, s, block=bcr_block)
     else:
         mask = schemes.unstructured(scores, s)
     lin = torch.nn.Linear(k, n)
@@ -93,23 +93,28 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("runs/weight_sparsity"))
     ap.add_argument("--threads", type=int, default=2, help="torch/OpenMP threads (default 2)")
+    ap.add_argument("--schemes", nargs="+", default=list(FORMAT), choices=list(FORMAT))
+    ap.add_argument("--bcr-block", type=int, nargs=2, default=BCR_BLOCK, metavar=("R", "C"),
+                    help="BCR block size (GRIM tunes it per layer; default 16 16)")
     args = ap.parse_args()
+    bcr_block = tuple(args.bcr_block)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)  # the layers' initial weights
     info = machine_info()
     print(f"CPU: {info['cpu_model']} ({info['cpu_capability']}), torch {info['torch_version']}, "
-          f"threads {info['torch_threads']}, BSR block {BLOCK}, BCR block {BCR_BLOCK}")
-    for fmt in FORMAT.values():
+          f"threads {info['torch_threads']}, BSR block {BLOCK}, BCR block {bcr_block}")
+    for fmt in (FORMAT[scheme] for scheme in args.schemes):
         if not kernel_available(f"{fmt}_linear"):
             raise SystemExit(f"the sparseforge {fmt} kernel did not build; see the warning above")
     rows = []
     print(f"{'scheme':>12} {'fmt':>3} {'shape':>9} {'sparsity':>8} {'batch':>5} {'dense ms':>9} "
           f"{'torch CSR':>9} {'torch BSR':>9} {'ours ms':>8} {'vs dense':>8} {'vs best peer':>12}")
-    for scheme, fmt in FORMAT.items():
+    for scheme in args.schemes:
+        fmt = FORMAT[scheme]
         for n, k in SHAPES:
             for s in SPARSITIES:
-                lin, mask = sparse_linear(scheme, n, k, s)
-                blk = BCR_BLOCK if fmt == "bcr" else BLOCK
+                lin, mask = sparse_linear(scheme, n, k, s, bcr_block=bcr_block)
+                blk = bcr_block if fmt == "bcr" else BLOCK
                 ours = SparseLinear.from_linear(lin.eval(), blk, fmt, mask=mask)
                 for batch in BATCHES:
                     rows.append(bench_row(scheme, fmt, lin, ours, s, batch))
