@@ -60,8 +60,10 @@ def test_plan_lists_every_layer_with_timings_or_a_reason_for_each_candidate():
         assert r["choice"] in r["candidates"] and r["note"]
     conv, fc1, _ = deployed.plan
     assert conv["type"] == "Conv2d" and conv["input_shape"] == [1, 1, 8, 8]
-    assert conv["choice"] == DENSE and conv["note"] == "no candidate for Conv2d: dense kept"
-    assert conv["skipped"]["bsr16"] == "only for Linear, not Conv2d"
+    # the conv is not pruned: every sparse candidate applies to Conv2d but has nothing to skip
+    assert conv["choice"] == DENSE
+    assert conv["note"] == "no applicable candidate (see skipped): dense kept"
+    assert conv["skipped"]["bsr16"] == "no zero weight: nothing to skip"
     assert fc1["input_shape"] == [1, 256] and set(fc1["candidates"]) >= {"dense", "bsr16", "bsr8"}
     assert fc1["sparsity"] >= 0.85
     assert "Conv2d" in format_plan(deployed.plan)
@@ -71,8 +73,27 @@ def test_inapplicable_candidate_says_why():
     torch.manual_seed(0)
     dense_model = nn.Sequential(nn.Linear(32, 16))
     record = deploy(dense_model, torch.randn(1, 32), **FAST).plan[0]
-    assert record["skipped"]["bsr16"] == "no all-zero 16x16 tile: nothing to skip"
+    assert record["skipped"]["bsr16"] == "no zero weight: nothing to skip"
     assert record["choice"] == DENSE and "dense kept" in record["note"]
+    scattered = nn.Sequential(nn.Linear(32, 16))
+    sparseforge.prune(scattered, "unstructured", 0.5)
+    record = deploy(scattered, torch.randn(1, 32), **FAST).plan[0]
+    assert record["skipped"]["bsr16"] == "no all-zero 16x16 tile: nothing to skip"
+    assert record["skipped"]["bcr16"] == "the mask is not BCR-shaped for 16x16 blocks"
+    assert "csr" in record["candidates"]
+
+
+def test_sparse_conv_candidates_are_timed_and_exact():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 4, 3, groups=4))
+    sparseforge.prune(model, "unstructured", 0.9)
+    x = torch.randn(2, 8, 10, 10)
+    deployed = deploy(model, x, **FAST)
+    first, grouped = deployed.plan
+    assert {"dense", "csr"} <= set(first["candidates"])
+    assert grouped["skipped"]["csr"] == "im2col path needs groups=1 and numeric zero padding"
+    with torch.no_grad():
+        assert torch.allclose(deployed(x), model(x), rtol=1e-4, atol=1e-5)
 
 
 def test_fastest_candidate_replaces_the_layer(monkeypatch):

@@ -9,9 +9,10 @@ from .ops import (
     csr_linear,
     csr_linear_reference,
 )
+from .sparse_conv import SparseConv2d
 from .sparse_linear import SparseLinear
 
 __all__ = [
-    "SparseLinear", "bcr_linear", "bcr_linear_reference", "bsr_linear", "bsr_linear_reference",
+    "SparseConv2d", "SparseLinear", "bcr_linear", "bcr_linear_reference", "bsr_linear", "bsr_linear_reference",
     "csr_linear", "csr_linear_reference",
 ]

@@ -58,15 +58,18 @@ register_candidate(Candidate(
 
 
 def _kept(module: nn.Module, mask: Tensor | None) -> Tensor:
+    """Kept entries of the weight's GEMM view (out, in*kh*kw)."""
     weight = module.weight.detach()
-    return (weight != 0) if mask is None else mask.to(weight.device)
+    kept = (weight != 0) if mask is None else mask.to(weight.device)
+    return kept.reshape(kept.shape[0], -1)
 
 
 def _sparse_applies(
     fmt: str, block: tuple[int, int] | None
 ) -> Callable[[nn.Module, Tensor | None], bool | str]:
-    """When a `fmt` kernel can replace a Linear: float32, something to skip in its layout
-    (an all-zero tile for BSR, a BCR-shaped mask for BCR, any zero for CSR), a built kernel."""
+    """When a `fmt` kernel can replace a Linear or Conv2d: float32, plain zero-padded conv with
+    groups 1, something to skip in its layout (any zero; an all-zero tile for BSR; a BCR-shaped
+    mask for BCR), a built kernel."""
 
     def applies(module: nn.Module, mask: Tensor | None) -> bool | str:
         from ..formats import BCR
@@ -75,14 +78,19 @@ def _sparse_applies(
 
         if module.weight.dtype != torch.float32:
             return f"weight is {module.weight.dtype}; the {fmt.upper()} kernel is float32 only"
+        if isinstance(module, nn.Conv2d) and (
+            module.groups != 1 or isinstance(module.padding, str) or module.padding_mode != "zeros"
+        ):
+            return "im2col path needs groups=1 and numeric zero padding"
         kept = _kept(module, mask)
+        if bool(kept.all()):
+            return "no zero weight: nothing to skip"
         if fmt == "bsr" and bool(to_tiles(kept.float(), *block).any(dim=(2, 3)).all()):
             return f"no all-zero {block[0]}x{block[1]} tile: nothing to skip"
-        if fmt == "csr" and bool(kept.all()):
-            return "no zero weight: nothing to skip"
         if fmt == "bcr":
             try:
-                BCR.from_dense(module.weight.detach() * kept, block, mask=kept)
+                weight = module.weight.detach().reshape(kept.shape)
+                BCR.from_dense(weight * kept, block, mask=kept)
             except ValueError:
                 return f"the mask is not BCR-shaped for {block[0]}x{block[1]} blocks"
         if not kernel_available(f"{fmt}_linear"):
@@ -94,9 +102,10 @@ def _sparse_applies(
 
 def _sparse_build(fmt: str, block: tuple[int, int] | None) -> Callable[[nn.Module], nn.Module]:
     def build(module: nn.Module) -> nn.Module:
-        from ..kernels import SparseLinear
+        from ..kernels import SparseConv2d, SparseLinear
 
-        assert isinstance(module, nn.Linear)
+        if isinstance(module, nn.Conv2d):
+            return SparseConv2d.from_conv(module, block=block or (1, 1), format=fmt)
         return SparseLinear.from_linear(module, block=block or (1, 1), format=fmt)
 
     return build
@@ -107,5 +116,5 @@ for _fmt, _block, _name in (
     ("bcr", (16, 16), "bcr16"), ("bcr", (8, 8), "bcr8"), ("csr", None, "csr"),
 ):
     register_candidate(Candidate(
-        _name, (nn.Linear,), _sparse_applies(_fmt, _block), _sparse_build(_fmt, _block)
+        _name, (nn.Linear, nn.Conv2d), _sparse_applies(_fmt, _block), _sparse_build(_fmt, _block)
     ))
