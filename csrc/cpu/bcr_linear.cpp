@@ -21,15 +21,12 @@
 #include <omp.h>
 #include <torch/library.h>
 
+#include "linear_common.h"
+
 #include <algorithm>
 #include <cstdint>
 #include <vector>
 
-#ifndef SF_ISA
-#error "build with -DSF_ISA=<variant name>"
-#endif
-#define SF_STR2(x) #x
-#define SF_STR(x) SF_STR2(x)
 
 namespace {
 
@@ -250,7 +247,6 @@ at::Tensor bcr_linear(const at::Tensor& x, const at::Tensor& block_ids,
                       const at::Tensor& row_indices, const at::Tensor& col_indices,
                       const at::Tensor& values_t, const std::optional<at::Tensor>& bias,
                       int64_t out_features, int64_t block_rows, int64_t block_cols) {
-  TORCH_CHECK(x.dim() >= 1 && x.scalar_type() == at::kFloat, "x must be float32 (..., K)");
   TORCH_CHECK(values_t.dim() == 1 && values_t.scalar_type() == at::kFloat,
               "values_t must be float32 (sum kr * kc,)");
   TORCH_CHECK(block_rows >= 1 && block_cols >= 1, "block sizes must be positive");
@@ -273,14 +269,10 @@ at::Tensor bcr_linear(const at::Tensor& x, const at::Tensor& block_ids,
   TORCH_CHECK(row_indices.numel() == nr && col_indices.numel() == nc && values_t.numel() == nv,
               "row/col indices or values_t do not match the groups");
   TORCH_CHECK(out_features >= 1, "out_features must be positive");
-  const at::Tensor x2 = x.reshape({-1, K}).contiguous();
+  const at::Tensor x2 = sparseforge::input_rows(x);
   at::Tensor out = at::empty({x2.size(0), out_features}, x.options());
-  at::Tensor b;
-  if (bias.has_value()) {
-    b = bias->contiguous();
-    TORCH_CHECK(b.scalar_type() == at::kFloat && b.numel() == out_features, "bias must be (N,)");
-  }
-  const float* bp = b.defined() ? b.data_ptr<float>() : nullptr;
+  const at::Tensor b = sparseforge::checked_bias(bias, out_features);
+  const float* bp = sparseforge::data_or_null(b);
   Problem p{x2.data_ptr<float>(), x2.size(0), K, out_features, block_rows, block_cols,
             (K + block_cols - 1) / block_cols};
   const at::Tensor vt = values_t.contiguous(), ri = row_indices.contiguous(),
@@ -293,9 +285,7 @@ at::Tensor bcr_linear(const at::Tensor& x, const at::Tensor& block_ids,
     dispatch_sid(p, ids.data_ptr<int64_t>(), sp, pp, G, ri, ci, vt.data_ptr<float>(), bp,
                  out.data_ptr<float>());
   }
-  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
-  shape.back() = out_features;
-  return out.reshape(shape);
+  return sparseforge::output_like(out, x, out_features);
 }
 
 }  // namespace

@@ -11,15 +11,12 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "linear_common.h"
+
 #include <algorithm>
 #include <cstdint>
 #include <vector>
 
-#ifndef SF_ISA
-#error "build with -DSF_ISA=<variant name>"
-#endif
-#define SF_STR2(x) #x
-#define SF_STR(x) SF_STR2(x)
 
 namespace {
 
@@ -134,7 +131,6 @@ void dispatch_tile(const Problem& p, const index_t* crow, const index_t* col, in
 at::Tensor bsr_linear(const at::Tensor& x, const at::Tensor& crow, const at::Tensor& col,
                       const at::Tensor& values_t, const std::optional<at::Tensor>& bias,
                       int64_t out_features) {
-  TORCH_CHECK(x.dim() >= 1 && x.scalar_type() == at::kFloat, "x must be float32 (..., K)");
   TORCH_CHECK(values_t.dim() == 3 && values_t.scalar_type() == at::kFloat,
               "values_t must be float32 (nblocks, bw, bh)");
   TORCH_CHECK(crow.dim() == 1 && col.dim() == 1 && crow.scalar_type() == col.scalar_type(),
@@ -144,15 +140,11 @@ at::Tensor bsr_linear(const at::Tensor& x, const at::Tensor& crow, const at::Ten
   TORCH_CHECK(nbr >= 0 && out_features <= nbr * bh && out_features > (nbr - 1) * bh,
               "out_features ", out_features, " does not fit ", nbr, " block rows of ", bh);
   const int64_t K = x.size(-1);
-  const at::Tensor x2 = x.reshape({-1, K}).contiguous();
+  const at::Tensor x2 = sparseforge::input_rows(x);
   const at::Tensor vt = values_t.contiguous();
-  at::Tensor b;
-  if (bias.has_value()) {
-    b = bias->contiguous();
-    TORCH_CHECK(b.scalar_type() == at::kFloat && b.numel() == out_features, "bias must be (N,)");
-  }
+  const at::Tensor b = sparseforge::checked_bias(bias, out_features);
   at::Tensor out = at::empty({x2.size(0), out_features}, x.options());
-  Problem p{x2.data_ptr<float>(), vt.data_ptr<float>(), b.defined() ? b.data_ptr<float>() : nullptr,
+  Problem p{x2.data_ptr<float>(), vt.data_ptr<float>(), sparseforge::data_or_null(b),
             out.data_ptr<float>(), x2.size(0), K, out_features, bw, bh};
   const at::Tensor cr = crow.contiguous(), cl = col.contiguous();
   if (cr.scalar_type() == at::kInt) {
@@ -161,9 +153,7 @@ at::Tensor bsr_linear(const at::Tensor& x, const at::Tensor& crow, const at::Ten
     TORCH_CHECK(cr.scalar_type() == at::kLong, "indices must be int32 or int64");
     dispatch_tile<int64_t>(p, cr.data_ptr<int64_t>(), cl.data_ptr<int64_t>(), nbr);
   }
-  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
-  shape.back() = out_features;
-  return out.reshape(shape);
+  return sparseforge::output_like(out, x, out_features);
 }
 
 }  // namespace

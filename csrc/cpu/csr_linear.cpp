@@ -13,6 +13,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "linear_common.h"
+
 #ifdef __AVX2__
 #include <immintrin.h>
 #endif
@@ -21,11 +23,6 @@
 #include <cstdint>
 #include <vector>
 
-#ifndef SF_ISA
-#error "build with -DSF_ISA=<variant name>"
-#endif
-#define SF_STR2(x) #x
-#define SF_STR(x) SF_STR2(x)
 
 namespace {
 
@@ -114,7 +111,6 @@ void run(const Problem<index_t>& p, const at::Tensor& x2) {
 at::Tensor csr_linear(const at::Tensor& x, const at::Tensor& crow, const at::Tensor& col,
                       const at::Tensor& values, const std::optional<at::Tensor>& bias,
                       int64_t out_features) {
-  TORCH_CHECK(x.dim() >= 1 && x.scalar_type() == at::kFloat, "x must be float32 (..., K)");
   TORCH_CHECK(values.dim() == 1 && values.scalar_type() == at::kFloat,
               "values must be float32 (nnz,)");
   TORCH_CHECK(crow.dim() == 1 && col.dim() == 1 && crow.scalar_type() == col.scalar_type(),
@@ -122,16 +118,12 @@ at::Tensor csr_linear(const at::Tensor& x, const at::Tensor& crow, const at::Ten
   TORCH_CHECK(crow.size(0) == out_features + 1, "crow_indices must be (out_features + 1,)");
   TORCH_CHECK(col.size(0) == values.size(0), "one col index per value");
   const int64_t K = x.size(-1);
-  const at::Tensor x2 = x.reshape({-1, K}).contiguous();
+  const at::Tensor x2 = sparseforge::input_rows(x);
   const at::Tensor v = values.contiguous();
-  at::Tensor b;
-  if (bias.has_value()) {
-    b = bias->contiguous();
-    TORCH_CHECK(b.scalar_type() == at::kFloat && b.numel() == out_features, "bias must be (N,)");
-  }
+  const at::Tensor b = sparseforge::checked_bias(bias, out_features);
   at::Tensor out = at::empty({x2.size(0), out_features}, x.options());
   const at::Tensor cr = crow.contiguous(), cl = col.contiguous();
-  float* bp = b.defined() ? b.data_ptr<float>() : nullptr;
+  const float* bp = sparseforge::data_or_null(b);
   if (x2.size(0) > 0) {
     if (cr.scalar_type() == at::kInt) {
       TORCH_CHECK(cr[-1].item<int32_t>() == v.size(0), "crow_indices[-1] must equal nnz");
@@ -144,9 +136,7 @@ at::Tensor csr_linear(const at::Tensor& x, const at::Tensor& crow, const at::Ten
                            bp, out.data_ptr<float>(), x2.size(0), K, out_features}, x2);
     }
   }
-  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
-  shape.back() = out_features;
-  return out.reshape(shape);
+  return sparseforge::output_like(out, x, out_features);
 }
 
 }  // namespace
