@@ -3,8 +3,10 @@ tensor-only state encoding that loads with `torch.load(weights_only=True)`."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -71,3 +73,33 @@ def read_state(
 
 def as_ints(t: Tensor) -> tuple[int, ...]:
     return tuple(int(v) for v in t.reshape(-1).tolist())
+
+
+class TensorState:
+    """Mixin for the format dataclasses: their fields as a tensor-only state (ints and shapes as
+    int64 tensors, a uint8 `format` tag) and back. FIELDS lists the stored dataclass fields."""
+
+    KIND: ClassVar[int]
+    FIELDS: ClassVar[tuple[str, ...]]
+
+    def to_state(self, prefix: str = "") -> dict[str, Tensor]:
+        """Tensors only, keys `prefix + field`; end `prefix` with a separator such as '::'."""
+        out = {prefix + "format": torch.tensor([self.KIND], dtype=torch.uint8)}
+        for name in self.FIELDS:
+            value = getattr(self, name)
+            if not isinstance(value, Tensor):
+                value = shape_tensor(value if isinstance(value, tuple) else (value,))
+            out[prefix + name] = value
+        return out
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Tensor], prefix: str = "") -> Any:
+        stored = read_state(state, prefix, cls.FIELDS, cls.__name__)
+        kinds = {f.name: str(f.type) for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+
+        def decode(name: str, t: Tensor) -> Any:
+            if kinds[name].startswith("tuple"):
+                return as_ints(t)
+            return as_ints(t)[0] if kinds[name] == "int" else t
+
+        return cls(**{name: decode(name, t) for name, t in stored.items()})

@@ -4,7 +4,6 @@ and a kernel can run each shape as one batch."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar, NamedTuple
 
@@ -12,12 +11,10 @@ import torch
 from torch import Tensor
 
 from .base import (
-    as_ints,
+    TensorState,
     gemm_shape,
     index_dtype,
     kept_entries,
-    read_state,
-    shape_tensor,
     small_index_dtype,
     tensor_bytes,
 )
@@ -62,7 +59,7 @@ def _not_bcr_error(
 
 
 @dataclass(frozen=True, eq=False)
-class BCR:
+class BCR(TensorState):
     """Blocks tile the GEMM matrix row-major (ragged edges padded, `shape` keeps the true size);
     only blocks with kept entries are stored, in `block_ids` order: grouped by tile shape
     (kr, kc) ascending, by block id within a group. Group g holds stored blocks
@@ -165,21 +162,6 @@ class BCR:
         grid = torch.zeros(nbr * nbc, r, c, dtype=self.values.dtype, device=dev)
         grid[self.block_ids.long()] = tiles
         return from_tiles(grid.reshape(nbr, nbc, r, c), *self.matrix_shape).reshape(self.shape)
-
-    def to_state(self, prefix: str = "") -> dict[str, Tensor]:
-        """Tensors only, keys `prefix + field`; end `prefix` with a separator such as '::'."""
-        return {
-            prefix + "format": torch.tensor([self.KIND], dtype=torch.uint8),
-            prefix + "shape": shape_tensor(self.shape),
-            prefix + "block": shape_tensor(self.block),
-            **{prefix + f: getattr(self, f) for f in self.FIELDS[2:]},
-        }
-
-    @classmethod
-    def from_state(cls, state: Mapping[str, Tensor], prefix: str = "") -> BCR:
-        s = read_state(state, prefix, cls.FIELDS, cls.__name__)
-        r, c = as_ints(s["block"])
-        return cls(as_ints(s["shape"]), (r, c), *(s[f] for f in cls.FIELDS[2:]))
 
     @property
     def nbytes(self) -> int:

@@ -3,7 +3,6 @@ tiles stored dense, addressed CSR-style by block row and block column."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -11,12 +10,10 @@ import torch
 from torch import Tensor
 
 from .base import (
-    as_ints,
+    TensorState,
     gemm_shape,
     index_dtype,
     kept_entries,
-    read_state,
-    shape_tensor,
     tensor_bytes,
 )
 
@@ -42,7 +39,7 @@ def from_tiles(tiles: Tensor, rows: int, cols: int) -> Tensor:
 
 
 @dataclass(frozen=True, eq=False)
-class BSR:
+class BSR(TensorState):
     """Block sparse rows: block row i holds tiles `values[crow[i]:crow[i+1]]` at block columns
     `col_indices[...]` (ascending). A matrix whose sizes do not divide by the block is padded
     with zeros to the block multiple; `shape` keeps the true size and `to_dense` crops to it."""
@@ -92,23 +89,6 @@ class BSR:
         tiles = torch.zeros(nbr, nbc, *self.block, dtype=self.values.dtype, device=dev)
         tiles[brow, self.col_indices.long()] = self.values
         return from_tiles(tiles, *self.matrix_shape).reshape(self.shape)
-
-    def to_state(self, prefix: str = "") -> dict[str, Tensor]:
-        """Tensors only, keys `prefix + field`; end `prefix` with a separator such as '::'."""
-        return {
-            prefix + "format": torch.tensor([self.KIND], dtype=torch.uint8),
-            prefix + "shape": shape_tensor(self.shape),
-            prefix + "block": shape_tensor(self.block),
-            prefix + "crow_indices": self.crow_indices,
-            prefix + "col_indices": self.col_indices,
-            prefix + "values": self.values,
-        }
-
-    @classmethod
-    def from_state(cls, state: Mapping[str, Tensor], prefix: str = "") -> BSR:
-        s = read_state(state, prefix, cls.FIELDS, cls.__name__)
-        bh, bw = as_ints(s["block"])
-        return cls(as_ints(s["shape"]), (bh, bw), s["crow_indices"], s["col_indices"], s["values"])
 
     @property
     def nbytes(self) -> int:

@@ -3,7 +3,6 @@ values, the layout of `torch.sparse_csr_tensor` and of unstructured sparse kerne
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -11,18 +10,16 @@ import torch
 from torch import Tensor
 
 from .base import (
-    as_ints,
+    TensorState,
     gemm_shape,
     index_dtype,
     kept_entries,
-    read_state,
-    shape_tensor,
     tensor_bytes,
 )
 
 
 @dataclass(frozen=True, eq=False)
-class CSR:
+class CSR(TensorState):
     """Compressed sparse rows: row i's entries are `values[crow[i]:crow[i+1]]` at columns
     `col_indices[crow[i]:crow[i+1]]` (ascending). Indices are int32 where they fit, else int64."""
 
@@ -67,21 +64,6 @@ class CSR:
             self.crow_indices, self.col_indices, self.values, self.matrix_shape,
             check_invariants=True,
         )
-
-    def to_state(self, prefix: str = "") -> dict[str, Tensor]:
-        """Tensors only, keys `prefix + field`; end `prefix` with a separator such as '::'."""
-        return {
-            prefix + "format": torch.tensor([self.KIND], dtype=torch.uint8),
-            prefix + "shape": shape_tensor(self.shape),
-            prefix + "crow_indices": self.crow_indices,
-            prefix + "col_indices": self.col_indices,
-            prefix + "values": self.values,
-        }
-
-    @classmethod
-    def from_state(cls, state: Mapping[str, Tensor], prefix: str = "") -> CSR:
-        s = read_state(state, prefix, cls.FIELDS, cls.__name__)
-        return cls(as_ints(s["shape"]), s["crow_indices"], s["col_indices"], s["values"])
 
     @property
     def nbytes(self) -> int:

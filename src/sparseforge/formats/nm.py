@@ -3,7 +3,6 @@ scheme's (out, kh, kw, in) order) the n kept values plus their positions in the 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -11,7 +10,7 @@ import torch
 from torch import Tensor
 
 from ..sparsity.schemes import nm_layout, nm_unlayout
-from .base import as_ints, kept_entries, read_state, shape_tensor, small_index_dtype, tensor_bytes
+from .base import TensorState, kept_entries, small_index_dtype, tensor_bytes
 
 
 def _check_nm(shape: tuple[int, ...], n: int, m: int) -> None:
@@ -37,7 +36,7 @@ def _group_name(shape: tuple[int, ...], group: int, m: int) -> str:
 
 
 @dataclass(frozen=True, eq=False)
-class NM:
+class NM(TensorState):
     """Layout: the weight in (out, kh, kw, in) order, each row cut into G = in*kh*kw/m groups
     of m. `values[o, g*n + j]` is the j-th stored entry of group g of row o, `indices[o, g*n + j]`
     its position 0..m-1 in the group, ascending within a group. A group with fewer than n kept
@@ -50,7 +49,7 @@ class NM:
     indices: Tensor  # (out, G * n), uint8 (int16 for m > 256)
 
     KIND: ClassVar[int] = 3
-    FIELDS: ClassVar[tuple[str, ...]] = ("shape", "nm", "values", "indices")
+    FIELDS: ClassVar[tuple[str, ...]] = ("shape", "n", "m", "values", "indices")
 
     @classmethod
     def from_dense(cls, weight: Tensor, n: int = 2, m: int = 4, mask: Tensor | None = None) -> NM:
@@ -85,22 +84,6 @@ class NM:
         groups = torch.zeros(rows, vals.shape[1], self.m, dtype=vals.dtype, device=vals.device)
         groups.scatter_(2, idx, vals)  # (out, G, m)
         return nm_unlayout(groups, torch.Size(self.shape))
-
-    def to_state(self, prefix: str = "") -> dict[str, Tensor]:
-        """Tensors only, keys `prefix + field`; end `prefix` with a separator such as '::'."""
-        return {
-            prefix + "format": torch.tensor([self.KIND], dtype=torch.uint8),
-            prefix + "shape": shape_tensor(self.shape),
-            prefix + "nm": shape_tensor((self.n, self.m)),
-            prefix + "values": self.values,
-            prefix + "indices": self.indices,
-        }
-
-    @classmethod
-    def from_state(cls, state: Mapping[str, Tensor], prefix: str = "") -> NM:
-        s = read_state(state, prefix, cls.FIELDS, cls.__name__)
-        n, m = as_ints(s["nm"])
-        return cls(as_ints(s["shape"]), n, m, s["values"], s["indices"])
 
     @property
     def nbytes(self) -> int:
