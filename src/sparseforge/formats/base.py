@@ -76,11 +76,23 @@ def as_ints(t: Tensor) -> tuple[int, ...]:
 
 
 class TensorState:
-    """Mixin for the format dataclasses: their fields as a tensor-only state (ints and shapes as
-    int64 tensors, a uint8 `format` tag) and back. FIELDS lists the stored dataclass fields."""
+    """Mixin for the format dataclasses: the GEMM shape (and block grid) of the stored weight,
+    and their fields as a tensor-only state (ints and shapes as int64 tensors, a uint8 `format`
+    tag) and back. FIELDS lists the stored dataclass fields."""
 
     KIND: ClassVar[int]
     FIELDS: ClassVar[tuple[str, ...]]
+    shape: tuple[int, ...]
+
+    @property
+    def matrix_shape(self) -> tuple[int, int]:
+        return gemm_shape(self.shape)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """(block rows, block columns) of the padded matrix (blocked formats)."""
+        (rows, cols), (r, c) = self.matrix_shape, self.block  # type: ignore[attr-defined]
+        return -(-rows // r), -(-cols // c)
 
     def to_state(self, prefix: str = "") -> dict[str, Tensor]:
         """Tensors only, keys `prefix + field`; end `prefix` with a separator such as '::'."""

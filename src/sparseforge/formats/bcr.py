@@ -115,16 +115,6 @@ class BCR(TensorState):
             tiles[cross[ids]],  # row-major within each block = its (kr, kc) tile flattened
         )
 
-    @property
-    def matrix_shape(self) -> tuple[int, int]:
-        return gemm_shape(self.shape)
-
-    @property
-    def grid(self) -> tuple[int, int]:
-        """(block rows, block columns) of the padded matrix."""
-        (rows, cols), (r, c) = self.matrix_shape, self.block
-        return -(-rows // r), -(-cols // c)
-
     def _per_block(self, column: int) -> Tensor:
         """kr (column 0) or kc (column 1) of every stored block: (nstored,)."""
         sizes = (self.group_ptr[1:] - self.group_ptr[:-1]).long()

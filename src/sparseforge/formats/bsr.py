@@ -70,16 +70,6 @@ class BSR(TensorState):
         col = tile_kept.nonzero()[:, 1].to(itype)
         return cls(tuple(weight.shape), (bh, bw), crow, col, tiles[tile_kept].contiguous())
 
-    @property
-    def matrix_shape(self) -> tuple[int, int]:
-        return gemm_shape(self.shape)
-
-    @property
-    def grid(self) -> tuple[int, int]:
-        """(block rows, block columns) of the padded matrix."""
-        (rows, cols), (bh, bw) = self.matrix_shape, self.block
-        return -(-rows // bh), -(-cols // bw)
-
     def to_dense(self) -> Tensor:
         """The weight in its own shape: kept tiles in place, zeros elsewhere, padding cropped."""
         nbr, nbc = self.grid

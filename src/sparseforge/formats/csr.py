@@ -44,10 +44,6 @@ class CSR(TensorState):
         cols_idx = kept.nonzero()[:, 1].to(itype)  # row-major: grouped by row, ascending columns
         return cls(tuple(weight.shape), crow, cols_idx, mat[kept])
 
-    @property
-    def matrix_shape(self) -> tuple[int, int]:
-        return gemm_shape(self.shape)
-
     def to_dense(self) -> Tensor:
         """The weight in its own shape, stored entries in place and zeros elsewhere."""
         rows, cols = self.matrix_shape
