@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -27,6 +27,22 @@ def model_latency(
         {"model": model}, example_input_shape, batch_sizes, threads=threads, rounds=1,
         repeats=repeats,
     )["model"]
+
+
+def interleaved(
+    fns: Mapping[str, Callable[[], object]], *, rounds: int, repeats: int,
+    device: torch.device | str | None = None,
+) -> dict[str, Timing]:
+    """Time several callables side by side: `rounds` alternating blocks of `repeats` calls each
+    (warm-up before the first), so drift of a shared machine hits every one alike; the median
+    is over all samples. The one interleaving loop for every side-by-side comparison."""
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for r in range(rounds):
+        for name, fn in fns.items():
+            t = measure(fn, warmup=3 if r == 0 else 1, repeats=repeats, device=device,
+                        inference=True)
+            samples[name].extend(t.samples)
+    return {name: Timing.from_samples(s) for name, s in samples.items()}
 
 
 def compare_latency(
@@ -57,7 +73,7 @@ def compare_latency(
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
 
     previous_threads = torch.get_num_threads()
-    samples: dict[str, dict[int, list[float]]] = {name: {} for name in models}
+    results: dict[str, dict[int, Timing]] = {name: {} for name in models}
     try:
         if threads is not None:
             torch.set_num_threads(threads)
@@ -67,17 +83,11 @@ def compare_latency(
                 stack.enter_context(evaluating(model))
             for batch in sizes:
                 x = torch.randn(int(batch), *example_input_shape, device=device, dtype=dtype)
-                for r in range(rounds):
-                    for name, model in models.items():
-                        timing = measure(
-                            functools.partial(model, x), warmup=3 if r == 0 else 1,
-                            repeats=repeats, device=device, inference=True,
-                        )
-                        samples[name].setdefault(int(batch), []).extend(timing.samples)
+                fns = {name: functools.partial(model, x) for name, model in models.items()}
+                timed = interleaved(fns, rounds=rounds, repeats=repeats, device=device)
+                for name, timing in timed.items():
+                    results[name][int(batch)] = timing
     finally:
         torch.set_num_threads(previous_threads)
         torch.set_flush_denormal(False)
-    return {
-        name: {b: Timing.from_samples(s) for b, s in per_batch.items()}
-        for name, per_batch in samples.items()
-    }
+    return results

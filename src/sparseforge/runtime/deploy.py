@@ -12,7 +12,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..profile import Timing, measure
+from ..profile import Timing
+from ..profile.latency import interleaved
 from ..sparsity.masks import bake_masks, get_mask, masked_modules, module_type_name
 from .candidates import CANDIDATES, DENSE, Candidate, check
 from .capture import capture_inputs
@@ -51,15 +52,9 @@ def output_mismatch(built: nn.Module, dense: nn.Module, x: Tensor) -> str | None
 def time_side_by_side(
     modules: dict[str, nn.Module], x: Tensor, device: torch.device, repeats: int, rounds: int
 ) -> dict[str, Timing]:
-    """Time each module on the same input in `rounds` alternating blocks of `repeats` calls, so
-    drift of a shared machine hits every candidate alike; the median is over all samples."""
-    samples: dict[str, list[float]] = {name: [] for name in modules}
-    for r in range(rounds):
-        for name, module in modules.items():
-            t = measure(functools.partial(module, x), warmup=3 if r == 0 else 1,
-                        repeats=repeats, device=device, inference=True)
-            samples[name].extend(t.samples)
-    return {name: Timing.from_samples(s) for name, s in samples.items()}
+    """Time each module on the same input, interleaved (`profile.latency.interleaved`)."""
+    fns = {name: functools.partial(module, x) for name, module in modules.items()}
+    return interleaved(fns, rounds=rounds, repeats=repeats, device=device)
 
 
 def _timing_record(t: Timing) -> dict[str, float | int]:
