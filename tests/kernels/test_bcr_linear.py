@@ -107,10 +107,11 @@ def test_opcheck(bias):
 
 
 def test_sparse_linear_bcr_from_scheme_mask_with_kept_zero_matches_dense_and_round_trips():
+    torch.manual_seed(0)
     lin = nn.Linear(70, 45)
     mask = bcr(torch.rand(45, 70), 0.8, block=(8, 8))
     with torch.no_grad():
-        lin.weight[mask.nonzero()[0].tolist()] = 0.0  # a kept weight that is exactly 0
+        lin.weight[tuple(mask.nonzero()[0].tolist())] = 0.0  # a kept weight that is exactly 0
     apply_mask(lin, mask)  # from_linear reads this mask, so the zero keeps the tile BCR-shaped
     dense_masked = lin.weight.detach().clone()
     sl = SparseLinear.from_linear(lin, block=(8, 8), format="bcr")
