@@ -10,6 +10,7 @@ from typing import ClassVar, NamedTuple
 import torch
 from torch import Tensor
 
+from ..sparsity.schemes import check_block
 from .base import (
     TensorState,
     gemm_shape,
@@ -18,7 +19,7 @@ from .base import (
     small_index_dtype,
     tensor_bytes,
 )
-from .bsr import check_block, from_tiles, to_tiles
+from .bsr import from_tiles, to_tiles
 
 
 class TileGroup(NamedTuple):

@@ -9,6 +9,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from ..sparsity.schemes import check_block
 from .base import (
     TensorState,
     gemm_shape,
@@ -16,13 +17,6 @@ from .base import (
     kept_entries,
     tensor_bytes,
 )
-
-
-def check_block(block: tuple[int, int] | list[int]) -> tuple[int, int]:
-    bh, bw = (int(b) for b in block)
-    if bh < 1 or bw < 1:
-        raise ValueError(f"block sizes must be positive, got {tuple(block)}")
-    return bh, bw
 
 
 def to_tiles(mat: Tensor, bh: int, bw: int) -> Tensor:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .schemes import _block_counts, _block_sums, _check_block, _expand_blocks, as_matrix
+from .schemes import as_matrix, block_counts, block_sums, check_block, expand_blocks
 
 
 def _pool(mask: Tensor, where: Tensor | None) -> Tensor:
@@ -73,14 +73,14 @@ class Units:
 
     def __init__(self, shape: Sequence[int], block: Sequence[int] | None = None) -> None:
         self.shape = torch.Size(shape)
-        self.block = None if block is None else _check_block(tuple(block))
+        self.block = None if block is None else check_block(tuple(block))
         probe = as_matrix(torch.empty(self.shape, device="meta"))
         self.matrix = (probe.shape[0], probe.shape[1])
         # elements per tile (None for single weights: one class, no per-weight tensor kept)
         self.sizes: Tensor | None = None
         self.classes = [1]
         if self.block is not None:
-            self.sizes = _block_counts(*self.matrix, *self.block).reshape(-1).long()
+            self.sizes = block_counts(*self.matrix, *self.block).reshape(-1).long()
             self.classes = sorted(set(self.sizes.tolist()))
 
     def of_class(self, size: int, like: Tensor) -> Tensor | None:
@@ -102,7 +102,7 @@ class Units:
         """1-D bool per unit; a tile must be wholly kept or wholly pruned."""
         if self.block is None:
             return mask.reshape(-1).clone()
-        kept = _block_sums(as_matrix(mask).float(), *self.block).reshape(-1).cpu()
+        kept = block_sums(as_matrix(mask).float(), *self.block).reshape(-1).cpu()
         partial = (kept > 0) & (kept < self.sizes)
         if partial.any():
             raise ValueError(
@@ -115,7 +115,7 @@ class Units:
         """1-D float score per unit: the element score, or a tile's mean over its elements."""
         if self.block is None:
             return scores.reshape(-1).float()
-        sums = _block_sums(as_matrix(scores).float(), *self.block).reshape(-1)
+        sums = block_sums(as_matrix(scores).float(), *self.block).reshape(-1)
         return sums / self.sizes.to(sums.device)
 
     def expand(self, units: Tensor) -> Tensor:
@@ -125,7 +125,7 @@ class Units:
         bh, bw = self.block
         rows, cols = math.ceil(self.matrix[0] / bh), math.ceil(self.matrix[1] / bw)
         grid = units.reshape(rows, cols)
-        return _expand_blocks(grid, bh, bw, self.matrix).reshape(self.shape).clone()
+        return expand_blocks(grid, bh, bw, self.matrix).reshape(self.shape).clone()
 
     def nonzeros(self, units: Tensor) -> int:
         """Elements kept by a unit mask."""

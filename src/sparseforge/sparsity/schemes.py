@@ -84,13 +84,13 @@ def channel(scores: Tensor, sparsity: float) -> Tensor:
     return keep.view(-1, *([1] * (scores.dim() - 1))).expand(scores.shape).clone()
 
 
-def _block_sums(mat: Tensor, bh: int, bw: int) -> Tensor:
+def block_sums(mat: Tensor, bh: int, bw: int) -> Tensor:
     """Sum of each bh x bw tile of a matrix, zero-padding the edges: (ceil(rows/bh), ceil(cols/bw))."""
     padded = torch.nn.functional.pad(mat, (0, -mat.shape[1] % bw, 0, -mat.shape[0] % bh))
     return padded.reshape(padded.shape[0] // bh, bh, padded.shape[1] // bw, bw).sum(dim=(1, 3))
 
 
-def _block_counts(rows: int, cols: int, bh: int, bw: int) -> Tensor:
+def block_counts(rows: int, cols: int, bh: int, bw: int) -> Tensor:
     """Number of real elements in each bh x bw tile (edge tiles hold fewer)."""
     rs = torch.full((math.ceil(rows / bh),), float(bh))
     cs = torch.full((math.ceil(cols / bw),), float(bw))
@@ -101,17 +101,17 @@ def _block_counts(rows: int, cols: int, bh: int, bw: int) -> Tensor:
     return rs[:, None] * cs[None, :]
 
 
-def _block_means(mat: Tensor, bh: int, bw: int) -> Tensor:
+def block_means(mat: Tensor, bh: int, bw: int) -> Tensor:
     """Mean of each bh x bw tile; edge tiles average only their real elements."""
-    return _block_sums(mat, bh, bw) / _block_counts(*mat.shape, bh, bw)
+    return block_sums(mat, bh, bw) / block_counts(*mat.shape, bh, bw)
 
 
-def _expand_blocks(block_keep: Tensor, bh: int, bw: int, shape: tuple[int, int]) -> Tensor:
+def expand_blocks(block_keep: Tensor, bh: int, bw: int, shape: tuple[int, int]) -> Tensor:
     full = block_keep.repeat_interleave(bh, 0).repeat_interleave(bw, 1)
     return full[: shape[0], : shape[1]]
 
 
-def _check_block(block: tuple[int, int] | list[int]) -> tuple[int, int]:
+def check_block(block: tuple[int, int] | list[int]) -> tuple[int, int]:
     bh, bw = (int(b) for b in block)
     if bh < 1 or bw < 1:
         raise ValueError(f"block sizes must be positive, got {tuple(block)}")
@@ -122,11 +122,11 @@ def _check_block(block: tuple[int, int] | list[int]) -> tuple[int, int]:
 def block(scores: Tensor, sparsity: float, block: tuple[int, int] = (4, 4)) -> Tensor:
     """Drop whole bh x bw tiles of the (out, in*kh*kw) matrix; sizes need not divide the
     matrix (edge tiles are smaller)."""
-    bh, bw = _check_block(block)
+    bh, bw = check_block(block)
     mat = as_matrix(scores)
-    means = _block_means(mat, bh, bw)
+    means = block_means(mat, bh, bw)
     keep = _keep_all_but_lowest(means.reshape(-1), _n_pruned(means.numel(), sparsity))
-    return _expand_blocks(keep.view_as(means), bh, bw, tuple(mat.shape)).reshape(scores.shape)
+    return expand_blocks(keep.view_as(means), bh, bw, tuple(mat.shape)).reshape(scores.shape)
 
 
 @SCHEMES.register("bcr")
@@ -135,7 +135,7 @@ def bcr(scores: Tensor, sparsity: float, block: tuple[int, int] = (8, 8)) -> Ten
     each block, drop whole rows and whole columns, so every block compacts to a smaller dense
     tile. Row segments are pruned first (fraction 1 - sqrt(1 - s) of them, ranked across the
     layer), then column segments by the mean score of what remains until the layer reaches s."""
-    r, c = _check_block(block)
+    r, c = check_block(block)
     mat = as_matrix(scores).float()
     rows, cols = mat.shape
     target = _n_pruned(mat.numel(), sparsity)
@@ -144,15 +144,15 @@ def bcr(scores: Tensor, sparsity: float, block: tuple[int, int] = (8, 8)) -> Ten
         return keep.reshape(scores.shape)
 
     # Row segments: for each row and each block column, the c (or fewer) weights in that block.
-    row_means = _block_means(mat, 1, c)  # (rows, ceil(cols/c))
+    row_means = block_means(mat, 1, c)  # (rows, ceil(cols/c))
     row_frac = 1.0 - math.sqrt(1.0 - sparsity)
     row_keep = _keep_all_but_lowest(row_means.reshape(-1), _n_pruned(row_means.numel(), row_frac))
-    keep &= _expand_blocks(row_keep.view_as(row_means), 1, c, (rows, cols))
+    keep &= expand_blocks(row_keep.view_as(row_means), 1, c, (rows, cols))
 
     # Column segments: for each column and each block row, the r weights in that block.
     kept = keep.float()
-    live = _block_sums(kept, r, 1)  # kept weights per column segment
-    live_sum = _block_sums(mat * kept, r, 1)
+    live = block_sums(kept, r, 1)  # kept weights per column segment
+    live_sum = block_sums(mat * kept, r, 1)
     seg_means = torch.where(live > 0, live_sum / live.clamp_min(1), torch.full_like(live, -1.0))
     order = torch.argsort(seg_means.reshape(-1), stable=True)
     live_sorted = live.reshape(-1)[order]
@@ -161,6 +161,6 @@ def bcr(scores: Tensor, sparsity: float, block: tuple[int, int] = (8, 8)) -> Ten
     if still_needed > 0:
         n_cut = int(torch.searchsorted(live_sorted.cumsum(0), float(still_needed)).item()) + 1
         col_keep[order[:n_cut]] = False
-    keep &= _expand_blocks(col_keep.view_as(live), r, 1, (rows, cols))
+    keep &= expand_blocks(col_keep.view_as(live), r, 1, (rows, cols))
     return keep.reshape(scores.shape)
 

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from .masks import Mask, apply_mask
-from .schemes import _block_sums, _check_block, _expand_blocks, as_matrix
+from .schemes import as_matrix, block_sums, check_block, expand_blocks
 
 KEEP, UNIFY, PRUNE = 0, 1, 2
 
@@ -21,11 +21,11 @@ def block_errors(weight: Tensor, block: tuple[int, int]) -> tuple[Tensor, Tensor
     """Per block (ceil(rows/bh), ceil(cols/bw)): the squared error of pruning it (||w||^2), of
     unifying it (||w||^2 - (sum |w|)^2 / k) and the unifying magnitude m = mean |w|, which
     minimises sum (m - |w_i|)^2 = the error of +-m with the signs of w (zero has sign +)."""
-    bh, bw = _check_block(block)
+    bh, bw = check_block(block)
     mat = as_matrix(weight.detach()).double()
-    sq = _block_sums(mat * mat, bh, bw)
-    absum = _block_sums(mat.abs(), bh, bw)
-    count = _block_sums(torch.ones_like(mat), bh, bw)  # edge blocks hold fewer weights
+    sq = block_sums(mat * mat, bh, bw)
+    absum = block_sums(mat.abs(), bh, bw)
+    count = block_sums(torch.ones_like(mat), bh, bw)  # edge blocks hold fewer weights
     magnitude = absum / count
     return sq, (sq - absum * magnitude).clamp_min(0.0), magnitude
 
@@ -88,13 +88,13 @@ def budget(n_blocks: int, prune: float, unify: float) -> tuple[int, int]:
 def project_unify(weight: Tensor, block: tuple[int, int], prune: float, unify: float) -> Unified:
     """The nearest weight (L2) in which round(prune * #blocks) blocks are zero and
     round(unify * #blocks) blocks hold one magnitude with the weight's signs."""
-    bh, bw = _check_block(block)
+    bh, bw = check_block(block)
     prune_err, unify_err, magnitude = block_errors(weight, (bh, bw))
     kinds = choose_kinds(prune_err, unify_err, *budget(prune_err.numel(), prune, unify))
     mat = as_matrix(weight.detach())
-    kind = _expand_blocks(kinds, bh, bw, tuple(mat.shape))
+    kind = expand_blocks(kinds, bh, bw, tuple(mat.shape))
     sign = torch.where(mat >= 0, 1, -1).to(torch.int8)
-    shared = _expand_blocks(magnitude.to(mat.dtype), bh, bw, tuple(mat.shape)) * sign
+    shared = expand_blocks(magnitude.to(mat.dtype), bh, bw, tuple(mat.shape)) * sign
     values = torch.where(kind == KEEP, mat, torch.where(kind == UNIFY, shared, 0.0))
     return Unified(values.reshape(weight.shape), kinds, sign.reshape(weight.shape))
 
@@ -106,9 +106,9 @@ class UnifiedMask(Mask):
 
     def __init__(self, mask: Tensor, kinds: Tensor, sign: Tensor, block: tuple[int, int]) -> None:
         super().__init__(mask)
-        self.block = _check_block(block)
+        self.block = check_block(block)
         rows, cols = as_matrix(mask).shape
-        unified = _expand_blocks(kinds == UNIFY, *self.block, (rows, cols)).reshape(mask.shape)
+        unified = expand_blocks(kinds == UNIFY, *self.block, (rows, cols)).reshape(mask.shape)
         self.register_buffer("kinds", kinds.to(torch.int8), persistent=False)
         self.register_buffer("sign", sign.to(torch.int8), persistent=False)
         self.register_buffer("unified", unified, persistent=False)
@@ -119,11 +119,11 @@ class UnifiedMask(Mask):
 
     def _magnitudes(self, mat: Tensor) -> Tensor:
         signed = mat * as_matrix(self.sign).to(mat.dtype)
-        return _block_sums(signed, *self.block) / _block_sums(torch.ones_like(mat), *self.block)
+        return block_sums(signed, *self.block) / block_sums(torch.ones_like(mat), *self.block)
 
     def forward(self, weight: Tensor) -> Tensor:
         mat = as_matrix(weight * self.mask.to(weight.dtype))  # (rows, cols)
-        shared = _expand_blocks(self._magnitudes(mat), *self.block, tuple(mat.shape))
+        shared = expand_blocks(self._magnitudes(mat), *self.block, tuple(mat.shape))
         shared = shared * as_matrix(self.sign).to(weight.dtype)
         out = torch.where(as_matrix(self.unified), shared, mat).reshape(weight.shape)
         if weight.dim() == 4 and weight.is_contiguous(memory_format=torch.channels_last):
@@ -142,9 +142,9 @@ def get_unified(module: nn.Module) -> UnifiedMask | None:
 def apply_unified(module: nn.Module, kinds: Tensor, sign: Tensor, block: tuple[int, int]) -> None:
     """Put `kinds` (per block) on `module.weight` through the mask engine: pruned blocks are
     masked (and zeroed), unified blocks read as one magnitude; the stored weight is synced."""
-    bh, bw = _check_block(block)
+    bh, bw = check_block(block)
     rows, cols = as_matrix(module.weight).shape
-    mask = _expand_blocks(kinds != PRUNE, bh, bw, (rows, cols)).reshape(module.weight.shape)
+    mask = expand_blocks(kinds != PRUNE, bh, bw, (rows, cols)).reshape(module.weight.shape)
     apply_mask(module, mask)
     plist = module.parametrizations["weight"]
     index = next(i for i, p in enumerate(plist) if isinstance(p, Mask))
