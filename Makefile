@@ -1,27 +1,34 @@
 # Two entry points for a fresh Debian machine: `make demo` and `make test`. Both install what
 # they need (idempotent: a second run installs nothing).
 #
-# Torch build: the core and its tests need only torch 2.13.0, the 190 MB CPU wheel that lies on
-# this machine's disk and installs in seconds. torchvision/timm models need the torch 2.14.1
-# CUDA build (5.5 GB, ~70 s): `make vision` adds it for the optional torchvision adapter.
+# Torch build: torch 2.14.1 + torchvision 0.29.1 (the CUDA build, 5.5 GB, ~70 s the first time;
+# it runs on CPU too) for both. The structured-pruning tests build torchvision's resnet18,
+# mobilenet_v2 and vit_b_16 architectures with random weights and HF BERT/LLaMA from small
+# configs, and torchvision fails to import beside the 2.13.0 CPU wheel. The pin is written to
+# $(PIN) only when it changes, and the stamp depends on that file: a new pin reinstalls.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.sparseforge-installed
+PIN := $(VENV)/.torch-pin
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
-TORCH_CPU := torch==2.13.0
+TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test lint install vision clean
+.PHONY: demo test lint install clean FORCE
 
 install: $(STAMP)
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q --disable-pip-version-check $(TORCH_CPU)
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
+$(PIN): FORCE | $(BIN)/python
+	@echo '$(TORCH)' | cmp -s - $@ || echo '$(TORCH)' > $@
+
+# One resolve for the pin and the extras, so no extra (torchvision, torch-pruning, ...) can
+# pull another torch.
+$(STAMP): pyproject.toml $(PIN) | $(BIN)/python
+	$(BIN)/pip install -q --disable-pip-version-check $(TORCH) -e '.[dev]'
 	touch $@
 
 $(FMNIST):
@@ -38,9 +45,6 @@ lint: $(STAMP)
 # marked `slow` would be deselected here with -m "not slow" once it stops fitting.
 test: $(STAMP) $(FMNIST) lint
 	$(BIN)/pytest -q
-
-vision: $(STAMP)
-	$(BIN)/pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -1,8 +1,10 @@
 """sparseforge: make trained PyTorch models smaller and measurably faster."""
 
 from .data import load_dataset
+from .graph import PrunePlan, apply_plan, fuse, prune_channels
 from .models import create_model
 from .recipe import Recipe, RecipeError, load_recipe
+from .runtime import check_onnx, export_model
 from .session import Session
 from .sparsity import bake_masks, global_sparsity, layer_sparsity, load_masked_state_dict, prune
 from .trainer import compress, train
@@ -10,7 +12,7 @@ from .trainer import compress, train
 __version__ = "0.1.0"
 
 __all__ = [
-    "Recipe", "RecipeError", "Session", "bake_masks", "compress", "create_model",
-    "global_sparsity", "layer_sparsity", "load_dataset", "load_masked_state_dict", "load_recipe",
-    "prune", "train",
+    "PrunePlan", "Recipe", "RecipeError", "Session", "apply_plan", "bake_masks", "check_onnx", "compress", "create_model",
+    "export_model", "fuse", "global_sparsity", "layer_sparsity", "load_dataset", "load_masked_state_dict",
+    "load_recipe", "prune", "prune_channels", "train",
 ]

@@ -56,9 +56,21 @@ def _ticket(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from .runtime import export_run
+
+    path, diff = export_run(args.run_dir, args.format, batch=args.batch)
+    print(f"exported to {path}")
+    if diff is not None:
+        print(f"onnxruntime vs PyTorch on {args.batch} test image(s): max abs difference {diff:.3g}")
+    return 0
+
+
 def _deploy(args: argparse.Namespace) -> int:
     from .runtime import deploy_run, format_plan
 
+    if args.format:
+        return _export(args)
     deployed, path = deploy_run(args.run_dir, args.target, batch=args.batch, repeats=args.repeats)
     print(format_plan(deployed.plan))
     print(f"plan and timings written to {path}")
@@ -134,8 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("run_dir", help="run folder written by train or compress")
     dp.add_argument("--target", choices=["cpu", "cuda"], default="cpu")
     dp.add_argument("--batch", type=int, default=1,
-                    help="test images in the example input the layers are timed on (default 1)")
+                    help="test images in the example input the layers are timed on, or the "
+                         "export is traced and checked on (default 1)")
     dp.add_argument("--repeats", type=int, default=20, help="timed calls per candidate and round")
+    dp.add_argument("--format", choices=["onnx", "pt2"],
+                    help="instead of picking kernels, export the model (masks baked, dynamic "
+                         "batch) to DIR/export/model.onnx or model.pt2")
     dp.set_defaults(fn=_deploy)
 
     b = sub.add_parser("bench", help="end-to-end latency dense vs deployed, and the per-layer table")
