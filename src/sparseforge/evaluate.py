@@ -79,6 +79,10 @@ def load_run(run_dir: str | Path) -> tuple[Recipe, DatasetSplits, nn.Module]:
     recipe = load_recipe(recipe_path)
     splits = load_splits(recipe)
     model = build_model(recipe, splits, initial_weights=False)
+    if recipe.structured is not None:  # channels were removed: rebuild that shape first
+        from .algorithms.channel import rebuild
+
+        model = rebuild(model, recipe, run_dir)
     load_masked_state_dict(model, load_model_state(run_dir))
     return recipe, splits, model
 

@@ -89,6 +89,44 @@ def _modifier_union() -> Any:
 ModifierConfig = _modifier_union()
 
 
+class FuseConfig(_Strict):
+    """FuPruner's equivalence-preserving fusions, each switchable (graph.fusion)."""
+
+    bn: bool = True
+    pad: bool = True
+    affine: bool = True
+    identity: bool = True
+
+
+class StructuredConfig(_Strict):
+    """Channel/head removal (graph.prune). One target: `ratio` of each group's units, `flops`
+    (fraction of FLOPs removed) or a measured `speedup`. `fuse` folds BatchNorm and friends
+    into their conv/linear first (FuPruner); `soft` prunes dynamically during training (masks
+    re-chosen every epoch, pruned filters keep training) and removes physically at the end,
+    else the channels go before training and the smaller model is fine-tuned."""
+
+    ratio: float | None = Field(None, gt=0.0, lt=1.0)
+    flops: float | None = Field(None, gt=0.0, lt=1.0)
+    speedup: float | None = Field(None, gt=1.0)
+    importance: Literal["l1", "l2", "bn_scale", "fpgm"] = "l2"  # taylor: Python API only
+    scope: Literal["layer", "global"] = "layer"
+    round_to: int = Field(1, ge=1)
+    max_ratio: float = Field(0.9, gt=0.0, lt=1.0)
+    ignore: list[str] = []
+    fuse: FuseConfig | None = None
+    soft: bool = False
+
+    @model_validator(mode="after")
+    def _one_target(self) -> StructuredConfig:
+        given = [n for n in ("ratio", "flops", "speedup") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of ratio, flops, speedup (got {given or 'none'})")
+        return self
+
+    def target(self) -> dict[str, float]:
+        return {n: getattr(self, n) for n in ("ratio", "flops", "speedup") if getattr(self, n)}
+
+
 class Recipe(_Strict):
     """A whole run: what to train, on what, how, with which modifiers, written where."""
 
@@ -96,10 +134,14 @@ class Recipe(_Strict):
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
     modifiers: list[ModifierConfig] = []
+    structured: StructuredConfig | None = None
     output: OutputConfig = OutputConfig()
 
     @model_validator(mode="after")
     def _modifiers_fit_training(self) -> Recipe:
+        if self.structured is not None and self.modifiers:
+            raise ValueError("structured pruning and weight-sparsity modifiers in one recipe "
+                             "are not supported yet: run them as two recipes, one after the other")
         for i, mod in enumerate(self.modifiers):
             for field in ("end_epoch", "at_epoch", "start_epoch"):
                 value = getattr(mod, field, None)

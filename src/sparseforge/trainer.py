@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from .algorithms import channel as channel_stage
 from .checkpoint import load_weights_only, save_atomic
 from .data import DatasetSplits, augment_batch
 from .evaluate import build_model, evaluate, load_splits, write_summary
@@ -243,7 +244,10 @@ def train(
     torch.manual_seed(cfg.seed)
     splits = splits or load_splits(recipe)
     model = build_model(recipe, splits).to(device)
-    reference = copy.deepcopy(model).cpu() if recipe.modifiers else None
+    compressing = bool(recipe.modifiers) or recipe.structured is not None
+    reference = copy.deepcopy(model).cpu() if compressing else None
+    example = torch.zeros(1, *splits.input_shape)
+    model = channel_stage.prepare_model(model, recipe, example, run_dir, resume).to(device)
     optimizer = build_optimizer(model.parameters(), cfg.optimizer)
     steps_per_epoch = math.ceil((len(splits.train) // ranks.world) / cfg.batch_size)
     if steps_per_epoch == 0:
@@ -252,6 +256,8 @@ def train(
     # `weight` to `parametrizations.weight.original`). The layout changes after the masks
     # exist so that masks and weights share it.
     session = Session(model, recipe, optimizer, steps_per_epoch)
+    if recipe.structured is not None and recipe.structured.soft:
+        session.modifiers.append(channel_stage.SoftChannelPruning(recipe.structured, session, example))
     memory_format = torch.channels_last if cfg.channels_last and len(splits.input_shape) == 3 else None
     if memory_format is not None:
         model.to(memory_format=memory_format)
@@ -279,6 +285,7 @@ def train(
     if ranks.main:
         from .report import write_report
 
+        model = channel_stage.finish_model(model, recipe, example, run_dir)
         write_summary(run_dir, recipe, splits, model.cpu(), reference, bool(recipe.model.checkpoint))
         write_report(run_dir)
     ranks.barrier()
@@ -290,7 +297,7 @@ def compress(
     """`train` for a recipe that must prune something: sparsify (usually a trained model named
     by `model.checkpoint`) with the recipe's modifiers and fine-tune it into `run_dir`."""
     recipe = load_recipe(recipe)
-    if not recipe.modifiers:
+    if not recipe.modifiers and recipe.structured is None:
         raise ValueError(
             "the recipe has no modifiers: nothing to compress (use `sparseforge train` for "
             "dense training, or add e.g. `modifiers: [{type: gmp, sparsity: 0.9, end_epoch: 3}]`)"
