@@ -34,6 +34,8 @@ def test_structured_run_shrinks_and_reloads(make_recipe, tmp_path, structured):
         assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
     summary = json.loads((run / "summary.json").read_text())
     assert summary["compressed"]["params"] < summary["dense"]["params"]
+    report = (run / "report.md").read_text()
+    assert "Channels removed" in report and "reach the model's output" in report
     x = splits.test.tensors[0][:16]
     assert model.eval()(x).shape == (16, 10)
     metrics = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]

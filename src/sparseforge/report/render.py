@@ -3,6 +3,7 @@ comparison report. Numbers come from summary.json / metrics.jsonl exactly as mea
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -136,6 +137,29 @@ def _subtitle(summary: Mapping[str, Any]) -> str:
     return f"Model {model or '?'} on {dataset or '?'}."
 
 
+def structure_blocks(plan: Mapping[str, Any]) -> list:
+    """Structured pruning: how much went, which tensors shrank, what stayed dense and why."""
+    f0, f1 = plan["flops"]["before"], plan["flops"]["after"]
+    p0, p1 = plan["params"]["before"], plan["params"]["after"]
+    blocks: list = [Heading("Channels removed"), Paragraph(
+        f"FLOPs {f0 / 1e6:.1f} M -> {f1 / 1e6:.1f} M ({1 - f1 / max(f0, 1):.1%} fewer); "
+        f"parameters {p0 / 1e6:.3f} M -> {p1 / 1e6:.3f} M. The pruned model is a smaller "
+        "dense model: its speed needs no sparse kernel.")]
+    rows = tuple((f"{e['tensor']} (dim {e['dim']})", str(e["size"]), str(len(e["indices"])))
+                 for e in plan["kept"] if e["tensor"].endswith("weight"))
+    if rows:
+        blocks.append(Table(("Tensor", "Before", "After"), rows))
+    kept = plan.get("kept_dense") or []
+    if kept:
+        blocks.append(Paragraph("Left dense because the dependency graph could not prove their "
+                                "removal exact:", lead="Kept dense."))
+        blocks.append(Table(("Tensors", "Units", "Reason"),
+                            tuple((k["tensors"], str(k["channels"]), k["reason"]) for k in kept), left=1))
+    for op in plan.get("unsupported_ops") or []:
+        blocks.append(Paragraph(f"{op}: the channels through it stay dense.", lead="Unsupported op.", note=True))
+    return blocks
+
+
 def write_report(run_dir: Path) -> Path:
     """Render run_dir/report.md (images linked from run_dir/plots/) and a self-contained
     run_dir/report.html; returns the HTML path."""
@@ -157,6 +181,8 @@ def write_report(run_dir: Path) -> Path:
     if has_zeros and not summary.get("accelerated", False):
         doc.blocks.append(Paragraph(NOT_ACCELERATED, lead="Not accelerated.", note=True))
     doc.blocks.append(Paragraph(machine_line(summary.get("machine")), lead="Machine:"))
+    if (run_dir / "structure.json").is_file():
+        doc.blocks += structure_blocks(json.loads((run_dir / "structure.json").read_text()))
     if layers:
         plot = plot_layer_sparsity(layers, run_dir / "plots" / "layer_sparsity.png")
         doc.blocks += [Heading("Layers"), layer_table(layers), Image(plot, "Sparsity per layer")]
