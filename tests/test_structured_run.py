@@ -41,6 +41,10 @@ def test_structured_run_shrinks_and_reloads(make_recipe, tmp_path, structured):
     metrics = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
     if not structured.get("soft"):  # the fine-tuned small model learns the tiny task
         assert metrics[-1]["val_accuracy"] > 0.3
+    from sparseforge.runtime import check_onnx, export_model
+
+    onnx = export_model(model, x[:2], tmp_path / "small.onnx", "onnx")
+    assert check_onnx(onnx, model, x[:3]) < 1e-4  # the shrunk model exports and runs
 
 
 def test_soft_pruning_zeroes_units_each_epoch_and_they_can_come_back(make_recipe, tmp_path):

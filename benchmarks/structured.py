@@ -1,0 +1,216 @@
+"""Structured pruning on CPU: dense vs channel-pruned torchvision ResNet-18, MobileNetV2 and a
+ViT-Tiny (random weights), at 30/50/70% of each dependency group's channels / heads, ours
+(`sparseforge.graph.prune_channels`) side by side with Torch-Pruning (L2 magnitude, layer-wise,
+classifier ignored). Ours runs twice per ratio: at the same ratio (`ours@ratio`) and at the
+FLOPs reduction Torch-Pruning reached there (`ours@tp-flops`, so ours removes at least as many
+FLOPs). Per model, every variant is timed in one interleaved loop (`compare_latency`).
+
+    python benchmarks/structured.py                      # full run: ~15-25 min on 2 busy cores
+    python benchmarks/structured.py --quick              # 64x64 input, one ratio, few repeats
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+from torchvision.models import mobilenet_v2, resnet18
+from torchvision.models.vision_transformer import VisionTransformer
+
+from sparseforge.graph import prune_channels
+from sparseforge.profile import machine_info
+from sparseforge.profile.flops import count_flops
+from sparseforge.profile.latency import compare_latency
+
+RATIOS = (0.3, 0.5, 0.7)
+BATCHES = (1, 32)
+
+
+def vit_tiny(image_size: int) -> VisionTransformer:
+    """ViT-Tiny/16 (192 wide, 3 heads, 12 layers) in torchvision's implementation."""
+    return VisionTransformer(image_size=image_size, patch_size=16, num_layers=12, num_heads=3,
+                             hidden_dim=192, mlp_dim=768)
+
+
+# name -> (builder(image_size), the classifier layer left whole)
+MODELS: dict[str, tuple[Callable[[int], nn.Module], Callable[[nn.Module], nn.Module]]] = {
+    "resnet18": (lambda s: resnet18(), lambda m: m.fc),
+    "mobilenet_v2": (lambda s: mobilenet_v2(), lambda m: m.classifier[1]),
+    "vit_tiny": (vit_tiny, lambda m: m.heads.head),
+}
+
+
+def tp_prune(dense: nn.Module, x: torch.Tensor, ratio: float,
+             classifier: Callable[[nn.Module], nn.Module]) -> nn.Module:
+    """Torch-Pruning's own recipe: L2 magnitude, layer-wise, classifier ignored; for the
+    torchvision ViT its torchvision example's (num_heads per nn.MultiheadAttention, head dims
+    pruned, then `hidden_dim` reset from conv_proj)."""
+    import torch_pruning as tp
+
+    model = copy.deepcopy(dense)
+    heads = {m: m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
+    pruner = tp.pruner.MetaPruner(
+        model, x, importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=ratio,
+        global_pruning=False, ignored_layers=[classifier(model)], num_heads=heads,
+    )
+    pruner.step()
+    if isinstance(model, VisionTransformer):
+        model.hidden_dim = model.conv_proj.out_channels
+    return model
+
+
+def aten_flops(model: nn.Module, x: torch.Tensor) -> int:
+    """Cross-check: every conv / matmul torch's FlopCounterMode sees in one forward (this also
+    counts nn.MultiheadAttention's in/out projections, which count_flops's module hooks miss;
+    neither counts the attention score/value products of CPU SDPA)."""
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        model.eval()(x)
+    return fc.get_total_flops()
+
+
+def variant(name: str, target: str, method: str, model: nn.Module | None, prune_s: float,
+            x1: torch.Tensor, note: str = "") -> dict[str, object]:
+    """One row's static part; checks a pruned model still gives the dense output shape."""
+    row: dict[str, object] = {"model": name, "target": target, "method": method,
+                              "gflops": None, "flops_reduction_pct": None, "aten_gflops": None,
+                              "params_m": None, "prune_s": prune_s, "note": note, "_m": model}
+    if model is not None:
+        with torch.no_grad():
+            out = model.eval()(x1)
+        if out.shape != (1, 1000):
+            raise AssertionError(f"{name} {method} {target}: output shape {tuple(out.shape)}")
+        row.update(gflops=count_flops(model, x1).dense_flops / 1e9,
+                   aten_gflops=aten_flops(model, x1) / 1e9,
+                   params_m=sum(p.numel() for p in model.parameters()) / 1e6)
+    return row
+
+
+def ours(dense: nn.Module, x1: torch.Tensor, **target: float) -> tuple[nn.Module, float]:
+    t0 = time.perf_counter()
+    small, plan = prune_channels(dense, x1, **target)
+    took = time.perf_counter() - t0
+    if not plan.kept:
+        raise AssertionError(f"prune_channels({target}) returned an empty plan")
+    return small, took
+
+
+def bench_model(name: str, args: argparse.Namespace) -> list[dict[str, object]]:
+    build, classifier = MODELS[name]
+    torch.manual_seed(0)
+    dense = build(args.image_size).eval()
+    x1 = torch.randn(1, 3, args.image_size, args.image_size)
+    rows = [variant(name, "-", "dense", dense, 0.0, x1)]
+    for r in args.ratios:
+        target = f"{r:.0%}"
+        small, took = ours(dense, x1, ratio=r)
+        rows.append(variant(name, target, "ours@ratio", small, took, x1))
+        try:
+            t0 = time.perf_counter()
+            tp_model = tp_prune(dense, x1, r, classifier)
+            rows.append(variant(name, target, "torch-pruning", tp_model,
+                                time.perf_counter() - t0, x1))
+        except Exception as e:  # noqa: BLE001 - a peer's failure is a result, not a crash
+            print(f"  torch-pruning failed on {name} at {target}: {type(e).__name__}: {e}")
+            rows.append(variant(name, target, "torch-pruning", None, 0.0, x1,
+                                note=f"FAILED: {type(e).__name__}: {str(e)[:80]}"))
+            continue
+        f_tp = 1 - rows[-1]["gflops"] / rows[0]["gflops"]
+        if f_tp <= 0:
+            rows.append(variant(name, target, "ours@tp-flops", None, 0.0, x1,
+                                note=f"skipped: TP reduced FLOPs by {f_tp:.1%} (our counter)"))
+            continue
+        try:
+            small, took = ours(dense, x1, flops=f_tp)
+            rows.append(variant(name, target, "ours@tp-flops", small, took, x1,
+                                note=f"flops={f_tp:.4f}"))
+        except ValueError as e:
+            print(f"  ours@tp-flops out of reach on {name} at {target}: {e}")
+            rows.append(variant(name, target, "ours@tp-flops", None, 0.0, x1,
+                                note=f"FAILED: {str(e)[:80]}"))
+    for row in rows:
+        if row["gflops"] is not None:
+            row["flops_reduction_pct"] = 100 * (1 - row["gflops"] / rows[0]["gflops"])
+    timed = {i: row["_m"] for i, row in enumerate(rows) if row["_m"] is not None}
+    lat = compare_latency(timed, (3, args.image_size, args.image_size), args.batches,
+                          threads=args.threads, rounds=args.rounds, repeats=args.repeats)
+    for i, row in enumerate(rows):
+        tp_row = next((r for r in rows if r["method"] == "torch-pruning"
+                       and r["target"] == row["target"]), None)
+        for b in args.batches:
+            ms = lat[i][b].median_ms if i in lat else None
+            row[f"b{b}_ms"] = ms
+            row[f"b{b}_speedup"] = lat[0][b].median_ms / ms if ms else None
+            tp_ms = lat[rows.index(tp_row)][b].median_ms \
+                if tp_row is not None and rows.index(tp_row) in lat else None
+            row[f"b{b}_vs_tp"] = tp_ms / ms if ms and tp_ms and row["method"] != "dense" else None
+        del row["_m"]
+        print_row(row, args.batches)
+    return rows
+
+
+def fmt(v: object, spec: str, width: int, unit: str = "") -> str:
+    return f"{v:{width}{spec}}{unit}" if v is not None else f"{'n/a':>{width + len(unit)}}"
+
+
+def print_header(batches: list[int]) -> None:
+    lat = " ".join(f"{f'b{b} ms':>9} {'vs dense':>8} {'vs TP':>6}" for b in batches)
+    print(f"{'model':>12} {'target':>6} {'method':>13} {'GFLOPs':>7} {'-FLOPs':>7} "
+          f"{'aten GF':>7} {'params M':>8} {lat} {'prune s':>7}  note")
+
+
+def print_row(row: dict[str, object], batches: list[int]) -> None:
+    red = row["flops_reduction_pct"]
+    lat = " ".join(f"{fmt(row[f'b{b}_ms'], '.2f', 9)} {fmt(row[f'b{b}_speedup'], '.2f', 7, 'x')} "
+                   f"{fmt(row[f'b{b}_vs_tp'], '.2f', 5, 'x')}" for b in batches)
+    print(f"{row['model']:>12} {row['target']:>6} {row['method']:>13} "
+          f"{fmt(row['gflops'], '.3f', 7)} {fmt(red, '.1f', 6, '%')} {fmt(row['aten_gflops'], '.3f', 7)} "
+          f"{fmt(row['params_m'], '.3f', 8)} {lat} {row['prune_s']:7.1f}  {row['note']}", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--csv", type=Path, default=Path("runs/structured/structured.csv"))
+    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--ratios", type=float, nargs="+", default=list(RATIOS))
+    ap.add_argument("--batches", type=int, nargs="+", default=list(BATCHES))
+    ap.add_argument("--image-size", type=int, default=224)
+    ap.add_argument("--threads", type=int, default=2, help="torch/OpenMP threads (default 2)")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds per batch size")
+    ap.add_argument("--repeats", type=int, default=4, help="calls per model per round")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run: 64x64 input, ratio 0.5, batches 1 and 4, 2x3 repeats")
+    args = ap.parse_args()
+    if args.quick:
+        args.image_size, args.ratios, args.batches, args.rounds, args.repeats = 64, [0.5], [1, 4], 2, 3
+    import torch_pruning as tp
+
+    torch.set_num_threads(args.threads)
+    info = machine_info()
+    print(f"CPU: {info['cpu_model']} ({info['cpu_capability']}), {info['logical_cores']} logical "
+          f"cores, threads {info['torch_threads']}, torch {info['torch_version']}, torchvision "
+          f"{torchvision.__version__}, torch-pruning {tp.__version__}; load average at start "
+          f"{os.getloadavg()[0]:.2f}; input {args.image_size}x{args.image_size}")
+    print_header(args.batches)
+    rows = []
+    for name in args.models:
+        rows += bench_model(name, args)
+    print(f"load average at end {os.getloadavg()[0]:.2f}")
+    args.csv.parent.mkdir(parents=True, exist_ok=True)
+    with args.csv.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"wrote {args.csv}")
+
+
+if __name__ == "__main__":
+    main()
