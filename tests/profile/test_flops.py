@@ -145,3 +145,26 @@ def test_count_parameters_dedups_shared_modules():
 def test_layer_params_follow_bias(bias):
     (layer,) = count_flops(nn.Linear(3, 2, bias=bias), torch.randn(1, 3)).layers
     assert layer.params == 6 + (2 if bias else 0)
+
+
+def test_multihead_attention_counts_projections_and_products_once():
+    from sparseforge.graph import prune_channels
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = nn.MultiheadAttention(16, 4, batch_first=True)
+            self.fc = nn.Linear(16, 10)
+
+        def forward(self, x):
+            return self.fc(x + self.attn(x, x, x, need_weights=False)[0])
+
+    torch.manual_seed(0)
+    model, x = Block().eval(), torch.randn(2, 5, 16)
+    tokens = 2 * 5
+    macs = tokens * 16 * 48 + tokens * 16 * 16 + 2 * 2 * 5 * 5 * 16 + tokens * 16 * 10
+    report = count_flops(model, x)
+    assert report.dense_flops == 2 * macs
+    assert [layer.name for layer in report.layers] == ["attn", "fc"]
+    small, plan = prune_channels(model, x, ratio=0.5)  # 4 -> 2 heads: attention halves
+    assert plan.flops == (2 * macs, 2 * (macs - (tokens * 16 * 48 + tokens * 16 * 16 + 2 * 2 * 5 * 5 * 16) // 2))

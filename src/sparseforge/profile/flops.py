@@ -52,9 +52,30 @@ class FlopReport:
         }
 
 
-def _macs(module: nn.Module, output: Tensor) -> int:
+def _is_attention(module: nn.Module) -> bool:
+    """nn.MultiheadAttention and look-alikes (the head-pruned one) that project q/k/v from one
+    `in_proj_weight` without calling a module for it."""
+    return all(hasattr(module, a) for a in ("in_proj_weight", "out_proj", "num_heads")) and (
+        getattr(module, "in_proj_weight", None) is not None)
+
+
+def _attention_macs(module: nn.Module, inputs: tuple) -> int:
+    """q/k/v and output projections plus the two attention products (QK^T, AV)."""
+    query, key = inputs[0], inputs[1]
+    embed = query.shape[-1]
+    inner = module.in_proj_weight.shape[0] // 3
+    batch_dim = 0 if getattr(module, "batch_first", False) else 1
+    q_tokens, k_tokens = query.numel() // embed, key.numel() // embed
+    t, s = query.shape[1 - batch_dim], key.shape[1 - batch_dim]
+    products = 2 * query.shape[batch_dim] * t * s * inner
+    return (q_tokens + 2 * k_tokens) * embed * inner + q_tokens * inner * embed + products
+
+
+def _macs(module: nn.Module, output: Tensor, inputs: tuple = ()) -> int:
     """Multiply-accumulates of one call, derived from the output so stride/padding/dilation
     are accounted for; each output element of a conv reads in_channels/groups x kernel inputs."""
+    if _is_attention(module):
+        return _attention_macs(module, inputs)
     if isinstance(module, nn.Linear):
         return output.numel() * module.in_features
     assert isinstance(module, nn.modules.conv._ConvNd)
@@ -63,6 +84,11 @@ def _macs(module: nn.Module, output: Tensor) -> int:
 
 def _weight_stats(module: nn.Module) -> tuple[int, int, int, int]:
     """(weight numel, weight nonzeros, bias numel, bias nonzeros) of the effective tensors."""
+    if _is_attention(module):
+        tensors = [module.in_proj_weight, module.out_proj.weight]
+        biases = [b for b in (module.in_proj_bias, module.out_proj.bias) if b is not None]
+        return (sum(t.numel() for t in tensors), sum(int(torch.count_nonzero(t)) for t in tensors),
+                sum(b.numel() for b in biases), sum(int(torch.count_nonzero(b)) for b in biases))
     weight = module.weight  # masked tensor when parametrized
     bias = getattr(module, "bias", None)
     b_numel = bias.numel() if bias is not None else 0
@@ -71,15 +97,19 @@ def _weight_stats(module: nn.Module) -> tuple[int, int, int, int]:
 
 
 def count_flops(model: nn.Module, example_input: Tensor) -> FlopReport:
-    """Count Conv1d/2d/3d and Linear FLOPs for one forward of `example_input` (eval, no_grad).
-    FLOPs = 2 x MACs; bias adds, activations and norms are not counted. A module called twice
+    """Count Conv1d/2d/3d, Linear and multi-head attention (projections and the QK^T/AV
+    products) FLOPs for one forward of `example_input` (eval, no_grad).
+    FLOPs = 2 x MACs; bias adds, activations, softmax and norms are not counted. A module called twice
     counts twice; a module never called is left out."""
-    counted = [(n, m) for n, m in model.named_modules() if isinstance(m, COUNTED_TYPES)]
+    attention = {n for n, m in model.named_modules() if _is_attention(m)}
+    counted = [(n, m) for n, m in model.named_modules()
+               if (isinstance(m, COUNTED_TYPES) and n.rpartition(".")[0] not in attention)
+               or n in attention]
     macs: dict[str, int] = {}
 
     def hook_for(name: str):
-        def hook(module: nn.Module, _inputs: object, output: Tensor) -> None:
-            macs[name] = macs.get(name, 0) + _macs(module, output)
+        def hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
+            macs[name] = macs.get(name, 0) + _macs(module, output, inputs)
 
         return hook
 
