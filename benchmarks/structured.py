@@ -69,9 +69,8 @@ def tp_prune(dense: nn.Module, x: torch.Tensor, ratio: float,
 
 
 def aten_flops(model: nn.Module, x: torch.Tensor) -> int:
-    """Cross-check: every conv / matmul torch's FlopCounterMode sees in one forward (this also
-    counts nn.MultiheadAttention's in/out projections, which count_flops's module hooks miss;
-    neither counts the attention score/value products of CPU SDPA)."""
+    """Cross-check: every conv / matmul torch's FlopCounterMode sees in one forward (it does
+    not count the attention score/value products of CPU SDPA, which count_flops does)."""
     with torch.no_grad(), FlopCounterMode(display=False) as fc:
         model.eval()(x)
     return fc.get_total_flops()

@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(fn=_train)
 
     c = sub.add_parser("compress", help="sparsify a model with a recipe's modifiers and fine-tune it")
-    c.add_argument("recipe", help="recipe YAML file with at least one modifier")
+    c.add_argument("recipe", help="recipe YAML file with modifiers or a structured: section")
     c.add_argument("--out", required=True, help="run folder to write")
     c.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
     c.set_defaults(fn=_compress)
