@@ -109,7 +109,8 @@ def select_units(
     if scope == "layer":
         for i, g in enumerate(graph.groups):
             n = len(g.units)
-            k = min(math.floor(ratio * n + 1e-9), math.floor(max_ratio * n))
+            keep = math.floor(n * (1 - ratio) + 1e-9)  # keep the floor, as Torch-Pruning does
+            k = min(n - keep, math.floor(max_ratio * n))
             removed[i] = sorted(g.units, key=scores.__getitem__)[:k]
     else:
         owner = {u: i for i, g in enumerate(graph.groups) for u in g.units}
