@@ -7,6 +7,8 @@ FLOPs). Per model, every variant is timed in one interleaved loop (`compare_late
 
     python benchmarks/structured.py                      # full run: ~15-25 min on 2 busy cores
     python benchmarks/structured.py --quick              # 64x64 input, one ratio, few repeats
+    python benchmarks/structured.py --runs runs/resnet20_dense runs/resnet20_channel50 ...
+                                     # trained runs: test accuracy, FLOPs, latency side by side
 """
 
 from __future__ import annotations
@@ -175,6 +177,34 @@ def print_row(row: dict[str, object], batches: list[int]) -> None:
           f"{fmt(row['params_m'], '.3f', 8)} {lat} {row['prune_s']:7.1f}  {row['note']}", flush=True)
 
 
+def bench_runs(run_dirs: list[Path], args: argparse.Namespace) -> None:
+    """Trained run folders (the first is the reference): test accuracy from each run's
+    summary, FLOPs, parameters, and CPU latency of the models as saved, timed side by side."""
+    import json
+
+    from sparseforge.evaluate import load_run
+
+    models, rows = {}, []
+    for run in run_dirs:
+        _, splits, model = load_run(run)
+        summary = json.loads((run / "summary.json").read_text())
+        x1 = splits.test.tensors[0][:1]
+        models[run.name] = model.eval()
+        rows.append((run.name, summary["compressed"]["test_accuracy"],
+                     count_flops(model, x1).dense_flops, sum(p.numel() for p in model.parameters())))
+    shape = tuple(splits.test.tensors[0].shape[1:])
+    lat = compare_latency(models, shape, args.batches, threads=args.threads, rounds=args.rounds,
+                          repeats=args.repeats)
+    ref = rows[0]
+    print(f"{'run':>22} {'test acc':>8} {'vs ref':>7} {'MFLOPs':>7} {'-FLOPs':>7} {'params k':>8} "
+          + " ".join(f"{f'b{b} ms':>8} {'speed-up':>8}" for b in args.batches))
+    for name, acc, flops, params in rows:
+        cells = " ".join(f"{lat[name][b].median_ms:8.2f} {lat[ref[0]][b].median_ms / lat[name][b].median_ms:7.2f}x"
+                         for b in args.batches)
+        print(f"{name:>22} {acc:8.4f} {100 * (acc - ref[1]):+6.2f}pt {flops / 1e6:7.1f} "
+              f"{100 * (1 - flops / ref[2]):6.1f}% {params / 1e3:8.1f} {cells}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--csv", type=Path, default=Path("runs/structured/structured.csv"))
@@ -185,6 +215,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch/OpenMP threads (default 2)")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds per batch size")
     ap.add_argument("--repeats", type=int, default=4, help="calls per model per round")
+    ap.add_argument("--runs", type=Path, nargs="+",
+                    help="instead: trained run folders, the first the dense reference")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: 64x64 input, ratio 0.5, batches 1 and 4, 2x3 repeats")
     args = ap.parse_args()
@@ -198,6 +230,9 @@ def main() -> None:
           f"cores, threads {info['torch_threads']}, torch {info['torch_version']}, torchvision "
           f"{torchvision.__version__}, torch-pruning {tp.__version__}; load average at start "
           f"{os.getloadavg()[0]:.2f}; input {args.image_size}x{args.image_size}")
+    if args.runs:
+        bench_runs(args.runs, args)
+        return
     print_header(args.batches)
     rows = []
     for name in args.models:
