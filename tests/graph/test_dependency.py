@@ -288,3 +288,15 @@ def test_huggingface_llama_gqa_and_swiglu():
     assert attn.k_proj.out_features == 8 and attn.q_proj.out_features == 16
     mlp = small.model.layers[0].mlp
     assert mlp.gate_proj.out_features == mlp.up_proj.out_features == mlp.down_proj.in_features == 24
+
+
+def test_user_fixup_runs_before_the_builtin_one():
+    class Scaled(nn.Linear):
+        pass
+
+    seen = []
+    model = nn.Sequential(Scaled(4, 8), nn.ReLU(), nn.Linear(8, 2)).eval()
+    graph = dependency_graph(model, torch.randn(2, 4))
+    kept = graph.kept_indices(graph.groups[0].units[:3])
+    shrink(model, kept, fixups={Scaled: lambda m, old: seen.append(m.weight.shape[0])})
+    assert seen == [5]

@@ -36,9 +36,9 @@ def shrink(
     fixups: dict[type[nn.Module], Fixup] | None = None,
 ) -> nn.Module:
     """Slice `model`'s tensors in place to the `kept` indices and update every module's
-    attributes; returns the model
-    (a module that must change type, like nn.MultiheadAttention, is replaced). `fixups` maps
-    user layer types to functions `(module, original) -> replacement or None`."""
+    attributes; returns the model (a module that must change type, like nn.MultiheadAttention,
+    is replaced). `fixups` maps user layer types to functions `(module, original) ->
+    replacement or None`; they are tried before the built-in ones."""
     originals = {n: _shallow(m) for n, m in model.named_modules()}
     aliases: dict[int, list[str]] = {}
     tensors: dict[int, Tensor] = {}
@@ -59,11 +59,11 @@ def shrink(
         for n in names:
             owner_name, _, attr = n.rpartition(".")
             setattr(model.get_submodule(owner_name), attr, value)
-    table = {**FIXUPS, **(fixups or {})}
+    table = [*(fixups or {}).items(), *FIXUPS.items()]  # first match wins: user types first
     for name, module in list(model.named_modules()):
         if _is_hf_attention(module):
             _hf_attention(module, originals[name])
-        for kind, fix in table.items():
+        for kind, fix in table:
             if isinstance(module, kind):
                 replacement = fix(module, originals[name])
                 if replacement is not None:
