@@ -54,3 +54,32 @@ def test_import_builds_and_loads_no_extension(tmp_path):
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert not (tmp_path / "sparseforge").exists()
+
+
+def _sparse_mlp(fmt: str) -> nn.Module:
+    torch.manual_seed(0)
+    first, second = nn.Linear(32, 48), nn.Linear(48, 16)
+    with torch.no_grad():
+        for lin in (first, second):  # every other 4x4 tile zero: BSR/BCR/CSR-shaped sparsity
+            keep = (torch.arange(lin.out_features)[:, None] // 4 + torch.arange(lin.in_features) // 4) % 2 == 0
+            lin.weight.mul_(keep)
+    return nn.Sequential(SparseLinear.from_linear(first, (4, 4), format=fmt), nn.ReLU(),
+                         SparseLinear.from_linear(second, (4, 4), format=fmt)).eval()
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_sparse_layers_survive_torch_export(fmt):
+    model, x = _sparse_mlp(fmt), torch.randn(3, 32)
+    program = torch.export.export(model, (x,))
+    ops = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert f"sparseforge.{fmt}_linear.default" in ops  # the custom op, not a decomposition
+    torch.testing.assert_close(program.module()(x), model(x))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_sparse_layers_run_under_torch_compile(fmt):
+    model, x = _sparse_mlp(fmt), torch.randn(5, 32)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x))
