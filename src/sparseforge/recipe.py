@@ -112,6 +112,7 @@ class StructuredConfig(_Strict):
     scope: Literal["layer", "global"] = "layer"
     round_to: int = Field(1, ge=1)
     max_ratio: float = Field(0.9, gt=0.0, lt=1.0)
+    limits: dict[str, Annotated[float, Field(ge=0.0, lt=1.0)]] = {}  # module prefix -> max share
     ignore: list[str] = []
     fuse: FuseConfig | None = None
     soft: bool = False

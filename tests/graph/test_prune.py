@@ -139,3 +139,14 @@ def test_speedup_target_is_measured():
     wide = nn.Sequential(nn.Linear(256, 2048), nn.ReLU(), nn.Linear(2048, 256)).eval()
     small, plan = prune_channels(wide, torch.randn(64, 256), speedup=1.5)
     assert small[0].out_features < 2048
+
+
+def test_per_module_limits_cap_their_groups(model):
+    small, _ = prune_channels(model, X, ratio=0.5, limits={"layer2": 0.25})
+    widths = conv_widths(small)
+    assert widths[0] == 8  # stage 1: the ratio
+    stage2 = [c.out_channels for n, c in small.named_modules()
+              if isinstance(c, nn.Conv2d) and n.startswith("layer2")]
+    assert min(stage2) == 24  # 32 * (1 - 0.25): the cap, not 16
+    with pytest.raises(ValueError, match="limit"):
+        prune_channels(model, X, ratio=0.5, limits={"layer2": 1.5})

@@ -97,20 +97,26 @@ def select_units(
     scope: str = "layer",
     round_to: int = 1,
     max_ratio: float = 0.9,
+    limits: dict[str, float] | None = None,
 ) -> list[int]:
     """The units to remove: `ratio` of each group's units (scope 'layer') or of all channels
-    ranked together ('global'), never more than `max_ratio` of a group, with the kept channel
-    count of every group a multiple of `round_to` where the group allows it."""
+    ranked together ('global'), never more than `max_ratio` of a group (or the `limits` value
+    of a module prefix that produces the group's channels, the smallest that applies), with the
+    kept channel count of every group a multiple of `round_to` where the group allows it."""
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
-    if not 0 <= ratio < 1 or not 0 < max_ratio < 1:
-        raise ValueError(f"ratio must be in [0, 1) and max_ratio in (0, 1), got {ratio}, {max_ratio}")
+    caps = {**(limits or {}), "max_ratio": max_ratio}
+    if not 0 <= ratio < 1 or any(not 0 <= v < 1 for v in caps.values()):
+        raise ValueError(f"ratio must be in [0, 1) and every limit in [0, 1), got {ratio}, {caps}")
+    cap = [min([max_ratio] + [v for prefix, v in (limits or {}).items()
+                              if any(n.startswith(prefix) for n, d in g.keys if d == 0)])
+           for g in graph.groups]
     removed: dict[int, list[int]] = {}
     if scope == "layer":
         for i, g in enumerate(graph.groups):
             n = len(g.units)
             keep = math.floor(n * (1 - ratio) + 1e-9)  # keep the floor, as Torch-Pruning does
-            k = min(n - keep, math.floor(max_ratio * n))
+            k = min(n - keep, math.floor(cap[i] * n))
             removed[i] = sorted(g.units, key=scores.__getitem__)[:k]
     else:
         owner = {u: i for i, g in enumerate(graph.groups) for u in g.units}
@@ -121,7 +127,7 @@ def select_units(
             if taken >= budget:
                 break
             g = graph.groups[owner[u]]
-            if len(removed[owner[u]]) + 1 <= math.floor(max_ratio * len(g.units)):
+            if len(removed[owner[u]]) + 1 <= math.floor(cap[owner[u]] * len(g.units)):
                 removed[owner[u]].append(u)
                 taken += g.unit_size
     out: list[int] = []
@@ -146,12 +152,14 @@ def prune_channels(
     scope: str = "layer",
     round_to: int = 1,
     max_ratio: float = 0.9,
+    limits: dict[str, float] | None = None,
     ignore: Iterable[str] = (),
     fixups: dict[type[nn.Module], Fixup] | None = None,
 ) -> tuple[nn.Module, PrunePlan]:
     """Remove channels/heads from a copy of `model`: `ratio` of the units, or as few as give
     `flops` (fraction of FLOPs removed), or a measured `speedup` on `example` (dense time over
-    pruned time); exactly one target. Returns the smaller model and its plan."""
+    pruned time); exactly one target. `limits` caps the removed share per module prefix
+    (e.g. {"layer1": 0.3}); `ignore` keeps modules whole. Returns the smaller model and its plan."""
     targets = [t for t in (ratio, flops, speedup) if t is not None]
     if len(targets) != 1:
         raise ValueError("give exactly one target: ratio=, flops= (fraction of FLOPs removed) "
@@ -161,7 +169,8 @@ def prune_channels(
     scores = unit_scores(model, graph, importance)
 
     def build(r: float) -> tuple[nn.Module, list[int]]:
-        removed = select_units(graph, scores, r, scope=scope, round_to=round_to, max_ratio=max_ratio)
+        removed = select_units(graph, scores, r, scope=scope, round_to=round_to,
+                               max_ratio=max_ratio, limits=limits)
         return shrink(copy.deepcopy(model), graph.kept_indices(removed), fixups=fixups), removed
 
     base_flops = count_flops(model, x).dense_flops
