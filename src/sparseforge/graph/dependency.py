@@ -126,11 +126,6 @@ class DependencyGraph:
                                  "do not form whole rows/columns")
         return kept
 
-    def describe(self) -> dict:
-        """JSON-ready summary for the run folder and the report."""
-        return {"groups": [g.to_dict() for g in self.groups], "kept_dense": self.kept,
-                "unsupported_ops": self.unsupported}
-
 
 def dependency_graph(
     model: nn.Module, example: Tensor | tuple, *, ignore: Iterable[str] = (), **kwargs: object
