@@ -8,6 +8,8 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
+import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,8 +60,14 @@ class PrunePlan:
                    (data["params"]["before"], data["params"]["after"]))
 
     def save(self, path: str | Path) -> Path:
+        """Write the plan as JSON atomically (temporary file, then rename): a run killed
+        mid-write, or ranks writing the same plan, never leave a torn file."""
         path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), indent=1))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(self.to_dict(), indent=1))
+        os.replace(tmp, path)
         return path
 
     @classmethod
