@@ -3,22 +3,33 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
 
 def save_atomic(obj: Any, path: str | Path) -> Path:
     """torch.save to a temporary file in the same folder, fsync, then rename over `path`."""
+    return _replace_atomically(path, lambda f: torch.save(obj, f))
+
+
+def write_json_atomic(data: Any, path: str | Path) -> Path:
+    """JSON (a run's plan, a report's data) written the same atomic way as checkpoints."""
+    return _replace_atomically(path, lambda f: f.write(json.dumps(data, indent=1).encode()))
+
+
+def _replace_atomically(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -8,8 +8,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ..checkpoint import write_json_atomic
 from ..profile.flops import count_flops
 from ..profile.latency import interleaved
 from .dependency import DependencyGraph, Key, dependency_graph
@@ -62,13 +61,7 @@ class PrunePlan:
     def save(self, path: str | Path) -> Path:
         """Write the plan as JSON atomically (temporary file, then rename): a run killed
         mid-write, or ranks writing the same plan, never leave a torn file."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(self.to_dict(), indent=1))
-        os.replace(tmp, path)
-        return path
+        return write_json_atomic(self.to_dict(), path)
 
     @classmethod
     def load(cls, path: str | Path) -> PrunePlan:
