@@ -300,3 +300,21 @@ def test_user_fixup_runs_before_the_builtin_one():
     kept = graph.kept_indices(graph.groups[0].units[:3])
     shrink(model, kept, fixups={Scaled: lambda m, old: seen.append(m.weight.shape[0])})
     assert seen == [5]
+
+
+@pytest.mark.parametrize("value", [0.0, 1.0])
+def test_padding_keeps_channels_removable_only_when_it_pads_zeros(value):
+    class Padded(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = conv_bn(3, 8), nn.Conv2d(8, 4, 3)
+
+        def forward(self, x):
+            return self.b(F.pad(self.a(x), (1, 1, 1, 1), value=value)).flatten(1)
+
+    model = randomize_norms(Padded())
+    if value == 0.0:
+        remove_and_compare(model, X)
+    else:
+        graph = dependency_graph(model, X)
+        assert not graph.groups and "not provably zero" in graph.kept[0]["reason"]

@@ -610,8 +610,10 @@ class _Analysis:
         if len(pads) > 2 * (x.L.dim() - 2):
             self.sink_inputs(node, f"{_where(node)} pads the channel dim")
             return None
-        return self.channelwise(node, meta) if mode == "constant" and (value or 0) == 0 else (
-            _Val(self.channelwise(node, meta).L, torch.zeros(_shape_of(meta), dtype=torch.bool)))
+        out = self.channelwise(node, meta)
+        if mode != "constant" or value:  # the padded border is not zero: neither is the channel
+            out = _Val(out.L, torch.zeros_like(out.Z))
+        return out
 
     def attention(self, node: Node, meta: object) -> _Val | None:
         q, k, v = (self.val(a) for a in node.args[:3])
