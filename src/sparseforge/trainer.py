@@ -124,17 +124,12 @@ class _Loop:
 
     def run_epoch(self, epoch: int, progress: bool | None, ckpt_path: Path) -> dict:
         """One pass over this rank's share of the training set; returns the epoch's metrics."""
-        cfg, session, optimizer = self.recipe.train, self.session, self.optimizer
+        cfg, session = self.recipe.train, self.session
         train_model = self.model
         if self.ranks.world > 1:
             train_model = self._ddp
         train_model.train()
         aug_gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch + 1)
-        autocast = (
-            torch.autocast(self.device.type, dtype=torch.bfloat16)
-            if cfg.precision == "bf16"
-            else nullcontext()
-        )
         images, labels = self.splits.train.tensors
         t0 = time.perf_counter()
         seen, loss_sum, correct, lr = 0, 0.0, 0, 0.0
@@ -150,33 +145,11 @@ class _Loop:
             x, y = images[idx], labels[idx]
             if self.recipe.data.augment:
                 x = augment_batch(x, aug_gen)
-            x, y = x.to(self.device), y.to(self.device)
-            if self.memory_format is not None:
-                x = x.contiguous(memory_format=self.memory_format)
             # the schedule runs on nominal steps, so an epoch with dropped examples still
             # covers a whole epoch of it
             nominal_step = epoch * self.steps_per_epoch + i * self.steps_per_epoch // len(batches)
             lr = lr_at(nominal_step, cfg, self.steps_per_epoch)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            with autocast:
-                logits = train_model(x)
-                task_loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-            hits = logits.detach().argmax(1) == y
-            session.observe_batch(idx, hits.cpu())
-            loss = session.loss(task_loss)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(
-                    f"loss became {loss.item()} at epoch {epoch + 1}, step {session.global_step + 1} "
-                    f"(lr {lr:g}); lower train.optimizer.lr or set train.grad_clip. The last good "
-                    f"checkpoint is {ckpt_path if ckpt_path.exists() else 'none (first epoch)'}"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            session.step()
+            task_loss, hits = self.train_step(train_model, x, y, idx, lr, ckpt_path)
             seen += len(y)
             loss_sum += task_loss.item() * len(y)
             correct += hits.sum().item()
@@ -191,6 +164,40 @@ class _Loop:
             "val_loss": val_loss, "val_accuracy": val_acc,
             **session.metrics(), "seconds": time.perf_counter() - t0,
         }
+
+    def train_step(
+        self, train_model: nn.Module, x: Tensor, y: Tensor, idx: Tensor, lr: float,
+        ckpt_path: Path | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """One optimizer step on the batch (x, y) whose indices into the training set are
+        `idx`; returns the task loss and a bool per example (classified correctly)."""
+        cfg, session, optimizer = self.recipe.train, self.session, self.optimizer
+        x, y = x.to(self.device), y.to(self.device)
+        if self.memory_format is not None:
+            x = x.contiguous(memory_format=self.memory_format)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        bf16 = cfg.precision == "bf16"
+        with torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16 else nullcontext():
+            logits = train_model(x)
+            task_loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+        hits = logits.detach().argmax(1) == y
+        session.observe_batch(idx, hits.cpu())
+        loss = session.loss(task_loss)
+        if not torch.isfinite(loss):
+            last = ckpt_path if ckpt_path is not None and ckpt_path.exists() else None
+            raise TrainingDiverged(
+                f"loss became {loss.item()} at step {session.global_step + 1} (lr {lr:g}); lower "
+                f"train.optimizer.lr or set train.grad_clip. The last good checkpoint is "
+                f"{last or 'none (first epoch)'}"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        session.step()
+        return task_loss, hits
 
     @cached_property
     def _ddp(self) -> nn.Module:
@@ -222,25 +229,16 @@ def _start_run_dir(run_dir: Path, recipe: Recipe, resume: bool, ckpt_path: Path)
     (run_dir / "recipe.yaml").write_text(dump_recipe(recipe))
 
 
-def train(
-    recipe: Recipe | str | Path | dict,
-    run_dir: str | Path | None = None,
-    *,
-    resume: bool = False,
-    splits: DatasetSplits | None = None,
-    progress: bool | None = None,
-) -> Path:
-    """Train (and prune, per the recipe's modifiers) into `run_dir`; returns the folder.
-    With `resume`, continue from `run_dir/checkpoints/last.pt` if it exists."""
-    recipe = load_recipe(recipe)
+def build_loop(
+    recipe: Recipe, run_dir: Path, ranks: _Dist | None = None, *,
+    splits: DatasetSplits | None = None, resume: bool = False,
+) -> tuple[_Loop, nn.Module | None, Tensor]:
+    """Model, optimizer and session for `recipe`, seeded, on its device: the training loop (also
+    what `profile memory` steps through), the dense reference copy when the recipe compresses,
+    and an example input of batch 1."""
     cfg = recipe.train
-    run_dir = Path(run_dir) if run_dir is not None else recipe.run_dir()
     device = _device(cfg)
-    ranks = _Dist(device)
-    ckpt_path = run_dir / "checkpoints" / "last.pt"
-    if ranks.main:
-        _start_run_dir(run_dir, recipe, resume, ckpt_path)
-
+    ranks = ranks or _Dist(device)
     torch.manual_seed(cfg.seed)
     splits = splits or load_splits(recipe)
     model = build_model(recipe, splits).to(device)
@@ -262,6 +260,29 @@ def train(
     if memory_format is not None:
         model.to(memory_format=memory_format)
     loop = _Loop(recipe, splits, model, optimizer, session, device, ranks, memory_format, steps_per_epoch)
+    return loop, reference, example
+
+
+def train(
+    recipe: Recipe | str | Path | dict,
+    run_dir: str | Path | None = None,
+    *,
+    resume: bool = False,
+    splits: DatasetSplits | None = None,
+    progress: bool | None = None,
+) -> Path:
+    """Train (and prune, per the recipe's modifiers) into `run_dir`; returns the folder.
+    With `resume`, continue from `run_dir/checkpoints/last.pt` if it exists."""
+    recipe = load_recipe(recipe)
+    cfg = recipe.train
+    run_dir = Path(run_dir) if run_dir is not None else recipe.run_dir()
+    ranks = _Dist(_device(cfg))
+    ckpt_path = run_dir / "checkpoints" / "last.pt"
+    if ranks.main:
+        _start_run_dir(run_dir, recipe, resume, ckpt_path)
+
+    loop, reference, example = build_loop(recipe, run_dir, ranks, splits=splits, resume=resume)
+    model = loop.model
     start_epoch = loop.restore(load_weights_only(ckpt_path)) if resume and ckpt_path.exists() else 0
 
     metrics_path = run_dir / "metrics.jsonl"
@@ -286,7 +307,7 @@ def train(
         from .report import write_report
 
         model = channel_stage.finish_model(model, recipe, example, run_dir)
-        write_summary(run_dir, recipe, splits, model.cpu(), reference, bool(recipe.model.checkpoint))
+        write_summary(run_dir, recipe, loop.splits, model.cpu(), reference, bool(recipe.model.checkpoint))
         write_report(run_dir)
     ranks.barrier()
     return run_dir
