@@ -92,6 +92,26 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _profile_memory(args: argparse.Namespace) -> int:
+    from .profile.memory import profile_memory
+
+    out = Path(args.out or f"runs/memory/{Path(args.recipe).stem}")
+    s = profile_memory(
+        args.recipe, out, steps=args.steps, batch_sizes=args.batch_sizes,
+        bandwidth_gbps=args.bandwidth, activation_checkpointing=args.checkpoint_activations,
+        budget_bytes=args.budget_gb * 1e9 if args.budget_gb else None,
+    )
+    mib = 2**20
+    print(f"peak {s['peak_bytes'] / mib:.1f} MiB at {s['peak_at']['op']} ({s['peak_at']['phase']}); "
+          + ", ".join(f"{c} {v / mib:.1f}" for c, v in s["peak_by_category"].items()))
+    if s["period"]:
+        print(f"iteration: {s['period']['length']} ops; {s['stability']['share']:.1%} of block patterns repeat")
+    if s.get("largest_batch") is not None:
+        print(f"largest batch within {args.budget_gb:g} GB: {s['largest_batch']}")
+    print(f"recorder slowdown {s['recorder_slowdown']:.2f}x; report: {out / 'memory.html'}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -161,6 +181,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="batch sizes to time (default 1 64)")
     b.add_argument("--repeats", type=int, default=10, help="timed calls per model and round")
     b.set_defaults(fn=_bench)
+
+    pr = sub.add_parser("profile", help="profile a recipe's training (memory)")
+    prof = pr.add_subparsers(dest="what", required=True, metavar="WHAT")
+    m = prof.add_parser(
+        "memory", help="record every memory block's alloc/read/write/free over a few training "
+                       "steps; peak, iteration pattern, swap/recompute candidates, prediction")
+    m.add_argument("recipe", help="recipe YAML file")
+    m.add_argument("--steps", type=int, default=3, help="training steps to record (default 3)")
+    m.add_argument("--batch-sizes", type=int, nargs="+", metavar="N",
+                   help="record at each size and fit peak vs batch (default: the recipe's)")
+    m.add_argument("--bandwidth", type=float, default=25.0, metavar="GBPS",
+                   help="host<->device link for swap decisions, GB/s (default 25, PCIe 4.0 x16)")
+    m.add_argument("--budget-gb", type=float, help="with 2+ batch sizes: the largest batch that fits")
+    m.add_argument("--checkpoint-activations", action="store_true",
+                   help="wrap the model's blocks in activation checkpointing first")
+    m.add_argument("--out", help="folder to write (default runs/memory/<recipe name>)")
+    m.set_defaults(fn=_profile_memory)
 
     d = sub.add_parser("demo", help="Fashion-MNIST: train dense, prune 90%% gradually, report")
     d.add_argument("--out", default="runs/demo", help="folder for the demo's runs")
