@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from sparseforge.kernels import SparseLinear
-from sparseforge.kernels.sparse_linear import kernel_available
+from sparseforge.kernels.extension import kernel_available
 from sparseforge.profile import machine_info
 from sparseforge.profile.latency import interleaved
 from sparseforge.runtime import export_model

@@ -1,6 +1,7 @@
 """Sparse inference kernels: ops on `torch.library` (C++ built lazily on first call, never at
 import) and the modules that call them."""
 
+from .activation_sparse import ReluGatedFFN, SparseInputLinear
 from .ops import (
     bcr_linear,
     bcr_linear_reference,
@@ -8,11 +9,17 @@ from .ops import (
     bsr_linear_reference,
     csr_linear,
     csr_linear_reference,
+    relu_gated_ffn,
+    relu_gated_ffn_reference,
+    sparse_input_linear,
+    sparse_input_linear_reference,
 )
 from .sparse_conv import SparseConv2d
 from .sparse_linear import SparseLinear
 
 __all__ = [
-    "SparseConv2d", "SparseLinear", "bcr_linear", "bcr_linear_reference", "bsr_linear", "bsr_linear_reference",
-    "csr_linear", "csr_linear_reference",
+    "ReluGatedFFN", "SparseConv2d", "SparseInputLinear", "SparseLinear", "bcr_linear",
+    "bcr_linear_reference", "bsr_linear", "bsr_linear_reference", "csr_linear",
+    "csr_linear_reference", "relu_gated_ffn", "relu_gated_ffn_reference", "sparse_input_linear",
+    "sparse_input_linear_reference",
 ]

@@ -8,6 +8,7 @@ import functools
 import os
 import re
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -58,15 +59,16 @@ def _first_error(text: str) -> str:
 
 
 @functools.cache
-def load(name: str, variant: str, source: Path | None = None) -> None:
+def load(name: str, variant: str, source: Path | None = None, op: str | None = None) -> None:
     """Compile (once, cached on disk) and load csrc/cpu/<name>.cpp as `variant`, registering its
-    `sparseforge::_<name>_<variant>` op. Raises ExtensionBuildError naming the compiler error."""
+    ops, `sparseforge::_<op>_<variant>` (op defaults to name; a file may define several).
+    Raises ExtensionBuildError naming the compiler error."""
     from torch.utils import cpp_extension  # imported here: keeps `import sparseforge` lean
 
     if variant not in ISA_FLAGS:
         raise ValueError(f"unknown ISA variant {variant!r}; choose from {sorted(ISA_FLAGS)}")
     src = source or CSRC / f"{name}.cpp"
-    if src == _PACKAGE_CSRC / f"{name}.cpp" and hasattr(torch.ops.sparseforge, f"_{name}_{variant}"):
+    if src == _PACKAGE_CSRC / f"{name}.cpp" and hasattr(torch.ops.sparseforge, f"_{op or name}_{variant}"):
         return  # already loaded in this process: loading the library again would register
         # its ops twice, which aborts the process
     if not src.is_file():
@@ -89,12 +91,32 @@ def load(name: str, variant: str, source: Path | None = None) -> None:
         os.environ["PATH"] = path
 
 
-def kernel(name: str, variant: str | None = None) -> Callable[..., torch.Tensor]:
+def kernel(name: str, variant: str | None = None, file: str | None = None) -> Callable[..., torch.Tensor]:
     """The compiled op `sparseforge::_<name>_<variant>` (best supported variant by default),
-    building it on first use."""
+    building csrc/cpu/<file or name>.cpp on first use."""
     variant = variant or best_isa()
     if variant not in supported_isas():
         raise RuntimeError(f"this CPU ({torch.backends.cpu.get_cpu_capability()}) cannot run "
                            f"the {variant!r} kernels; it supports {supported_isas()}")
-    load(name, variant)
+    load(file or name, variant, op=name)
     return getattr(torch.ops.sparseforge, f"_{name}_{variant}")
+
+
+_build_failed: set[str] = set()  # source files whose build failed in this process (warned once)
+
+
+def kernel_available(name: str, file: str | None = None) -> bool:
+    """Whether the C++ kernel `name` (from csrc/cpu/<file or name>.cpp) builds here; on the
+    file's first failure warns once, naming the compiler error, so callers fall back to the
+    PyTorch reference."""
+    source = file or name
+    if source in _build_failed:
+        return False
+    try:
+        kernel(name, file=file)
+    except ExtensionBuildError as e:
+        _build_failed.add(source)
+        warnings.warn(f"{e}; {name} falls back to the (slower) PyTorch reference",
+                      RuntimeWarning, stacklevel=3)
+        return False
+    return True

@@ -4,6 +4,8 @@ pure-PyTorch `*_reference` twin that defines what the op computes."""
 
 from __future__ import annotations
 
+from types import ModuleType
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -182,3 +184,102 @@ def csr_linear(
     return torch.ops.sparseforge.csr_linear(
         x, crow_indices, col_indices, values, bias, out_features
     )
+
+
+# --- Activation sparsity (ProSparse-style ReLU / FATReLU FFNs) -------------------------------
+# The zeros are in the activation, not the weight: a zero a[:, k] skips row k of W^T (K, N),
+# so weights arrive transposed (W^T, row-major), transposed once at deploy. Both ops are built
+# from csrc/cpu/act_sparse_ffn.cpp and run on CUDA through Triton (triton_act_sparse.py).
+
+ACT_SPARSE_FILE = "act_sparse_ffn"  # csrc/cpu/act_sparse_ffn.cpp defines both ops
+lib.define("sparse_input_linear(Tensor a, Tensor weight_t, Tensor? bias) -> Tensor")
+lib.define(
+    "relu_gated_ffn(Tensor x, Tensor w_gate, Tensor w_up, Tensor w_down_t, float threshold) "
+    "-> Tensor"
+)
+
+
+def fatrelu(v: Tensor, threshold: float) -> Tensor:
+    """FATReLU: v where v >= threshold, else 0 (threshold 0 is ReLU; NaN gives 0)."""
+    return torch.where(v >= threshold, v, torch.zeros_like(v))
+
+
+def sparse_input_linear_reference(a: Tensor, weight_t: Tensor, bias: Tensor | None) -> Tensor:
+    """y = a @ W^T + b for a (..., K) and weight_t = W^T (K, N): F.linear, zeros and all."""
+    return F.linear(a, weight_t.t(), bias)  # (..., N)
+
+
+def relu_gated_ffn_reference(
+    x: Tensor, w_gate: Tensor, w_up: Tensor, w_down_t: Tensor, threshold: float
+) -> Tensor:
+    """y = (FATReLU(x Wg^T) * (x Wu^T)) Wd^T for x (..., H), w_gate and w_up (I, H), w_down_t =
+    Wd^T (I, N): the dense gated FFN (LLaMA's MLP with SiLU replaced by FATReLU)."""
+    h = fatrelu(F.linear(x, w_gate), threshold) * F.linear(x, w_up)  # (..., I)
+    return F.linear(h, w_down_t.t())  # (..., N)
+
+
+@torch.library.register_fake("sparseforge::sparse_input_linear", lib=lib)
+def _sparse_input_linear_fake(a: Tensor, weight_t: Tensor, bias: Tensor | None) -> Tensor:
+    torch._check(weight_t.dim() == 2, lambda: "weight_t must be W^T, (K, N)")
+    torch._check(a.shape[-1] == weight_t.shape[0], lambda: "a (..., K) needs weight_t (K, N)")
+    return a.new_empty((*a.shape[:-1], weight_t.shape[1]))  # (..., N)
+
+
+@torch.library.register_fake("sparseforge::relu_gated_ffn", lib=lib)
+def _relu_gated_ffn_fake(
+    x: Tensor, w_gate: Tensor, w_up: Tensor, w_down_t: Tensor, threshold: float
+) -> Tensor:
+    torch._check(w_gate.dim() == 2 and w_up.dim() == 2 and w_down_t.dim() == 2,
+                 lambda: "w_gate, w_up (I, H) and w_down_t (I, N) must be matrices")
+    torch._check(x.shape[-1] == w_gate.shape[1], lambda: "x (..., H) needs w_gate (I, H)")
+    return x.new_empty((*x.shape[:-1], w_down_t.shape[1]))  # (..., N)
+
+
+def _sparse_input_linear_cpu(a: Tensor, weight_t: Tensor, bias: Tensor | None) -> Tensor:
+    return extension.kernel("sparse_input_linear", file=ACT_SPARSE_FILE)(a, weight_t, bias)
+
+
+def _relu_gated_ffn_cpu(
+    x: Tensor, w_gate: Tensor, w_up: Tensor, w_down_t: Tensor, threshold: float
+) -> Tensor:
+    return extension.kernel("relu_gated_ffn", file=ACT_SPARSE_FILE)(x, w_gate, w_up, w_down_t, threshold)
+
+
+def _triton_kernels(op: str) -> ModuleType:
+    from . import triton_act_sparse  # imported here: keeps `import sparseforge` free of triton
+
+    if not triton_act_sparse.has_triton():
+        raise RuntimeError(f"sparseforge::{op} on CUDA runs Triton kernels and triton is not "
+                           f"installed; pip install triton, or call {op}_reference")
+    return triton_act_sparse
+
+
+def _sparse_input_linear_cuda(a: Tensor, weight_t: Tensor, bias: Tensor | None) -> Tensor:
+    return _triton_kernels("sparse_input_linear").sparse_input_linear(a, weight_t, bias)
+
+
+def _relu_gated_ffn_cuda(
+    x: Tensor, w_gate: Tensor, w_up: Tensor, w_down_t: Tensor, threshold: float
+) -> Tensor:
+    return _triton_kernels("relu_gated_ffn").relu_gated_ffn(x, w_gate, w_up, w_down_t, threshold)
+
+
+lib.impl("sparse_input_linear", _sparse_input_linear_cpu, "CPU")
+lib.impl("relu_gated_ffn", _relu_gated_ffn_cpu, "CPU")
+lib.impl("sparse_input_linear", _sparse_input_linear_cuda, "CUDA")
+lib.impl("relu_gated_ffn", _relu_gated_ffn_cuda, "CUDA")
+
+
+def sparse_input_linear(a: Tensor, weight_t: Tensor, bias: Tensor | None) -> Tensor:
+    """`torch.ops.sparseforge.sparse_input_linear`: `sparse_input_linear_reference` skipping
+    the zeros of `a` (C++ on CPU float32, Triton on CUDA)."""
+    return torch.ops.sparseforge.sparse_input_linear(a, weight_t, bias)
+
+
+def relu_gated_ffn(
+    x: Tensor, w_gate: Tensor, w_up: Tensor, w_down_t: Tensor, threshold: float
+) -> Tensor:
+    """`torch.ops.sparseforge.relu_gated_ffn`: `relu_gated_ffn_reference` computing the up and
+    down projections only for the neurons whose gate survives (C++ on CPU float32, Triton on
+    CUDA)."""
+    return torch.ops.sparseforge.relu_gated_ffn(x, w_gate, w_up, w_down_t, threshold)

@@ -4,7 +4,6 @@ kernel cannot be built."""
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 
 import torch
@@ -14,8 +13,6 @@ from sparseforge.formats import BCR, BSR, CSR
 from sparseforge.sparsity.masks import get_mask
 
 from . import extension, ops
-
-_build_error: list[str] = []  # kernels whose build failed in this process (warned once each)
 
 FORMATS: dict[str, type[BSR] | type[BCR] | type[CSR]] = {"bsr": BSR, "bcr": BCR, "csr": CSR}
 # format -> (fast op, reference twin, buffer names in argument order after x)
@@ -27,23 +24,6 @@ _OPS: dict[str, tuple[Callable[..., Tensor], Callable[..., Tensor], tuple[str, .
     "csr": (ops.csr_linear, ops.csr_linear_reference,
             ("crow_indices", "col_indices", "values")),
 }
-
-
-def kernel_available(name: str = "bsr_linear") -> bool:
-    """Whether the C++ kernel `name` builds here; on its first failure warns once, naming the
-    compiler error."""
-    if name in _build_error:
-        return False
-    try:
-        extension.kernel(name)
-    except extension.ExtensionBuildError as e:
-        _build_error.append(name)
-        warnings.warn(
-            f"{e}; SparseLinear falls back to the (slower) PyTorch reference for {name}",
-            RuntimeWarning, stacklevel=3,
-        )
-        return False
-    return True
 
 
 def _buffers(fmt: BSR | BCR | CSR) -> dict[str, Tensor]:
@@ -120,7 +100,7 @@ class SparseLinear(nn.Module):
         use_kernel = x.device.type == "cpu" and x.dtype == torch.float32
         # under torch.compile the op stays an opaque call (its fake impl gives the shape); the
         # build check runs in eager calls only, so it never breaks the graph
-        if use_kernel and (torch.compiler.is_compiling() or kernel_available(f"{self.format}_linear")):
+        if use_kernel and (torch.compiler.is_compiling() or extension.kernel_available(f"{self.format}_linear")):
             return fast(*args)
         return reference(*args)
 

@@ -74,7 +74,7 @@ def _sparse_applies(
     def applies(module: nn.Module, mask: Tensor | None) -> bool | str:
         from ..formats import BCR
         from ..formats.bsr import to_tiles
-        from ..kernels.sparse_linear import kernel_available
+        from ..kernels.extension import kernel_available
 
         if module.weight.dtype != torch.float32:
             return f"weight is {module.weight.dtype}; the {fmt.upper()} kernel is float32 only"
