@@ -3,6 +3,7 @@
 from .data import load_dataset
 from .graph import PrunePlan, apply_plan, fuse, prune_channels
 from .models import create_model
+from .profile.memory import MemoryRecorder, profile_memory
 from .recipe import Recipe, RecipeError, load_recipe
 from .runtime import check_onnx, export_model
 from .session import Session
@@ -12,7 +13,7 @@ from .trainer import compress, train
 __version__ = "0.1.0"
 
 __all__ = [
-    "PrunePlan", "Recipe", "RecipeError", "Session", "apply_plan", "bake_masks", "check_onnx", "compress", "create_model",
+    "MemoryRecorder", "PrunePlan", "Recipe", "RecipeError", "Session", "apply_plan", "bake_masks", "check_onnx", "compress", "create_model",
     "export_model", "fuse", "global_sparsity", "layer_sparsity", "load_dataset", "load_masked_state_dict",
-    "load_recipe", "prune", "prune_channels", "train",
+    "load_recipe", "profile_memory", "prune", "prune_channels", "train",
 ]

@@ -16,7 +16,6 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.distributed._tools.mem_tracker import MemTracker
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
@@ -85,6 +84,9 @@ class MemoryRecorder(TorchDispatchMode):
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
         super().__init__()
         self.model = model
+        # imported here: torch.distributed._tools costs seconds of import time
+        from torch.distributed._tools.mem_tracker import MemTracker
+
         self.trace = Trace()
         self._tracker = MemTracker()
         self._tracker.track_external(*(x for x in (model, optimizer) if x is not None))
