@@ -8,12 +8,12 @@ import torch
 from torch import nn
 
 from sparseforge.profile.memory import (
-    MemoryRecorder,
     block_stats,
     detect_period,
     fit_peak,
     pattern_stability,
     peak,
+    record_steps,
     record_training,
 )
 from sparseforge.profile.memory.decisions import (
@@ -60,22 +60,14 @@ def test_a_data_dependent_branch_is_reported_as_partly_unstable():
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     signs = [1, 1, -1, 1, -1, -1, 1, 1]
     batches = [(s * (torch.rand(8, 16) + 0.1), torch.randint(0, 4, (8,))) for s in signs]
-    rec = MemoryRecorder(model, opt)
-    with rec:
-        while batches:
-            x, y = batches.pop(0)
-            rec.mark_step()
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x), y).backward()
-            opt.step()
-            del x, y
-    period = detect_period(rec.trace)
+    trace = record_steps(model, opt, batches)
+    period = detect_period(trace)
     assert period is not None and not period.stable
     # still split at the true steps (from ops alone, up to where in the cycle it starts)
-    starts, true = np.asarray(period.starts), np.asarray(rec.trace.step_starts)
+    starts, true = np.asarray(period.starts), np.asarray(trace.step_starts)
     assert len(starts) == len(true) and (starts - true == starts[0] - true[0]).all()
     assert 0 < period.match < 1
-    assert pattern_stability(rec.trace, period).share < 1
+    assert pattern_stability(trace, period).share < 1
 
 
 def test_predicted_peak_at_4x_the_batch_is_within_5_percent(recipe):
@@ -97,21 +89,11 @@ def test_fit_needs_two_batch_sizes():
         fit_peak([8, 8], [1, 1])
 
 
-def recorded_mlp_step(checkpoint: bool = False):
+def recorded_mlp_step():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    pending = [(torch.randn(64, 64), torch.randint(0, 10, (64,))) for _ in range(2)]
-    rec = MemoryRecorder(model, opt)
-    with rec:
-        while pending:
-            x, y = pending.pop(0)
-            rec.mark_step()
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x), y).backward()
-            opt.step()
-            del x, y
-    return rec.trace
+    return record_steps(model, opt, [(torch.randn(64, 64), torch.randint(0, 10, (64,))) for _ in range(2)])
 
 
 def test_recompute_candidates_are_cheap_activations_kept_for_backward():

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from sparseforge.cli import main
-from sparseforge.profile.memory import MemoryRecorder, checkpoint_activations, peak
+from sparseforge.profile.memory import checkpoint_activations, peak, record_steps
 from sparseforge.recipe import dump_recipe, load_recipe
 
 
@@ -40,15 +40,7 @@ def test_activation_checkpointing_lowers_the_peak():
             assert checkpoint_activations(model) == ["0", "1"]
             assert len(model[0]) == 4
         opt = torch.optim.SGD(model.parameters(), lr=0.01)
-        pending = [(torch.randn(2048, 128), torch.randint(0, 10, (2048,)))]
-        rec = MemoryRecorder(model, opt)
-        with rec:
-            x, y = pending.pop()
-            rec.mark_step()
-            nn.functional.cross_entropy(model(x), y).backward()
-            opt.step()
-            del x, y
-        return peak(rec.trace).nbytes
+        return peak(record_steps(model, opt, [(torch.randn(2048, 128), torch.randint(0, 10, (2048,)))])).nbytes
 
     # ~16 saved layer outputs without; 4 segment inputs + one segment recomputed (4) with
     assert run(True) < 0.7 * run(False)
@@ -67,17 +59,9 @@ def test_on_gpu_the_recorded_peak_is_the_allocators_peak():
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
-    rec = MemoryRecorder(model, opt)
-    with rec:
-        while batches:
-            x, y = batches.pop(0)
-            rec.mark_step()
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x), y).backward()
-            opt.step()
-            del x, y
+    trace = record_steps(model, opt, batches)
     torch.cuda.synchronize()
     allocator_peak = torch.cuda.max_memory_allocated()
-    pre = sum(n for n, p in zip(rec.trace.nbytes, rec.trace.preexisting, strict=True) if p)
+    pre = sum(n for n, p in zip(trace.nbytes, trace.preexisting, strict=True) if p)
     # blocks alive before recording that the model never touches (the batches) count in base
-    assert peak(rec.trace).nbytes - pre == pytest.approx(allocator_peak - base, rel=0.05)
+    assert peak(trace).nbytes - pre == pytest.approx(allocator_peak - base, rel=0.05)

@@ -12,7 +12,15 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 from torch.profiler._memory_profiler import Action
 
-from sparseforge.profile.memory import MemoryRecorder, live_bytes, load_trace, peak, save_trace
+from sparseforge.profile.memory import (
+    MemoryRecorder,
+    Trace,
+    live_bytes,
+    load_trace,
+    peak,
+    record_steps,
+    save_trace,
+)
 from sparseforge.profile.memory.analysis import Events
 
 B = 32
@@ -51,18 +59,8 @@ class Training:
         nn.functional.cross_entropy(self.model(x), y).backward()
         self.opt.step()
 
-    def record(self, steps: int = 2) -> MemoryRecorder:
-        pending = [self.batch() for _ in range(steps)]
-        rec = MemoryRecorder(self.model, self.opt)
-        with rec:
-            while pending:
-                x, y = pending.pop(0)
-                rec.mark_step()
-                rec.label(x)
-                rec.label(y)
-                self.step(x, y)
-                del x, y
-        return rec
+    def record(self, steps: int = 2) -> Trace:
+        return record_steps(self.model, self.opt, [self.batch() for _ in range(steps)], set_to_none=self.set_to_none)
 
     def saved_activation_bytes(self) -> int:
         """Storages autograd saves for backward, parameters excluded (independent of the
@@ -85,8 +83,7 @@ class Training:
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_live_memory_at_the_end_of_forward_is_the_analytical_sum(name):
     t = Training(name, set_to_none=False)  # gradients persist, so all five terms coexist
-    rec = t.record()
-    tr = rec.trace
+    tr = t.record()
     params = sum(p.nbytes for p in t.model.parameters())
     buffers = sum(b.nbytes for b in t.model.buffers())
     optim = sum(v.nbytes for s in t.opt.state.values() for v in s.values() if torch.is_tensor(v))
@@ -138,18 +135,18 @@ def profiler_view(t: Training) -> tuple[int, dict[str, int]]:
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_peak_and_categories_agree_with_the_profiler(name):
     t = Training(name, set_to_none=True)  # the trainer's setting
-    rec = t.record()
+    tr = t.record()
     prof_peak, prof_cats = profiler_view(t)
-    live, cats = live_bytes(rec.trace)
+    live, cats = live_bytes(tr)
     ours = {c: int(live[:, i].max()) for i, c in enumerate(cats)}
-    assert peak(rec.trace).nbytes == pytest.approx(prof_peak, rel=0.05)
+    assert peak(tr).nbytes == pytest.approx(prof_peak, rel=0.05)
     for c in ("Parameter", "Gradient", "Optstate"):
         assert ours[c] == prof_cats[c], c
 
 
 def test_blocks_record_their_ops_modules_and_phases():
     t = Training("mlp", set_to_none=True)
-    tr = t.record(steps=1).trace
+    tr = t.record(steps=1)
     assert {"forward", "backward", "optimizer"} <= set(tr.op_phase)
     mm_modules = {m for op, m in zip(tr.op, tr.op_module, strict=True) if op.startswith("addmm")}
     assert mm_modules == {"0", "2", "4"}  # state-dict names of the three Linear layers
@@ -184,7 +181,7 @@ def test_in_place_ops_write_their_input_and_views_are_not_accesses():
 
 
 def test_a_trace_round_trips_through_parquet(tmp_path):
-    tr = Training("mlp", set_to_none=True).record().trace
+    tr = Training("mlp", set_to_none=True).record()
     back = load_trace(save_trace(tr, tmp_path / "trace"))
     assert back == tr
     with pytest.raises(FileNotFoundError, match="not a memory trace folder"):

@@ -4,7 +4,7 @@ earlier frees, peak vs batch size) and the `profile memory` report."""
 
 from .analysis import block_stats, detect_period, live_bytes, pattern_stability, peak
 from .decisions import fit_peak
-from .recorder import MemoryRecorder, Trace
+from .recorder import MemoryRecorder, Trace, record_steps
 from .report import analyse, profile_memory
 from .session import checkpoint_activations, record_training
 from .store import load_trace, save_trace
@@ -22,6 +22,7 @@ __all__ = [
     "pattern_stability",
     "peak",
     "profile_memory",
+    "record_steps",
     "record_training",
     "save_trace",
 ]

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
@@ -249,3 +250,27 @@ class MemoryRecorder(TorchDispatchMode):
             self._event("write", block, seq)
         return out
 
+
+
+def record_steps(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: list[tuple[Tensor, Tensor]],
+    loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
+    set_to_none: bool = True,
+) -> Trace:
+    """Record one plain training step (zero_grad, forward, loss, backward, step) per (x, y) in
+    `batches`, which is emptied: each batch is handed over when its step begins and freed when
+    it ends, as a data loader would. For a custom loop, use MemoryRecorder directly."""
+    rec = MemoryRecorder(model, optimizer)
+    with rec:
+        while batches:
+            x, y = batches.pop(0)
+            rec.mark_step()
+            rec.label(x)
+            rec.label(y)
+            optimizer.zero_grad(set_to_none=set_to_none)
+            loss_fn(model(x), y).backward()
+            optimizer.step()
+            del x, y
+    return rec.trace
