@@ -220,27 +220,17 @@ def test_modules_run_under_torch_compile():
             "sparseforge.sparse_input_linear.default"} <= targets  # the ops, not decompositions
 
 
-def test_falls_back_to_reference_with_one_warning_naming_the_compiler_error(
-    tmp_path, monkeypatch
-):
-    (tmp_path / "src").mkdir()
-    (tmp_path / "src" / "act_sparse_ffn.cpp").write_text("int broken( {\n")
-    monkeypatch.setattr(extension, "CSRC", tmp_path / "src")
-    monkeypatch.setenv("SPARSEFORGE_EXT_DIR", str(tmp_path / "ext"))
-    monkeypatch.setattr(extension, "_build_failed", set())
-    extension.load.cache_clear()
-    try:
-        lin = nn.Linear(12, 10)
-        sl, x = SparseInputLinear.from_linear(lin), torch.relu(torch.randn(3, 12))
-        with pytest.warns(RuntimeWarning, match="did not build: .*act_sparse_ffn.cpp.*error"):
-            y = sl(x)
-        torch.testing.assert_close(y, lin(x).detach())
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            sl(x)  # warned once only
-            ReluGatedFFN.from_linears(*_gated_linears(12, 20))(x)
-    finally:
-        extension.load.cache_clear()
+def test_falls_back_to_reference_with_one_warning_naming_the_compiler_error(broken_source):
+    broken_source("act_sparse_ffn")
+    lin = nn.Linear(12, 10)
+    sl, x = SparseInputLinear.from_linear(lin), torch.relu(torch.randn(3, 12))
+    with pytest.warns(RuntimeWarning, match="did not build: .*act_sparse_ffn.cpp.*error"):
+        y = sl(x)
+    torch.testing.assert_close(y, lin(x).detach())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sl(x)  # warned once only
+        ReluGatedFFN.from_linears(*_gated_linears(12, 20))(x)
 
 
 TRITON_CHECK = textwrap.dedent("""

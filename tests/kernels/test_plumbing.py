@@ -10,34 +10,24 @@ import pytest
 import torch
 from torch import nn
 
-from sparseforge.kernels import SparseLinear, extension
+from sparseforge.kernels import SparseLinear
 
 FORMATS = ("bsr", "bcr", "csr")
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_falls_back_to_reference_with_one_warning_naming_the_compiler_error(
-    tmp_path, monkeypatch, fmt
-):
-    (tmp_path / "src").mkdir()
-    (tmp_path / "src" / f"{fmt}_linear.cpp").write_text("int broken( {\n")
-    monkeypatch.setattr(extension, "CSRC", tmp_path / "src")
-    monkeypatch.setenv("SPARSEFORGE_EXT_DIR", str(tmp_path / "ext"))
-    monkeypatch.setattr(extension, "_build_failed", set())
-    extension.load.cache_clear()
-    try:
-        lin = nn.Linear(12, 10)
-        sl = SparseLinear.from_linear(lin, (4, 4), format=fmt)  # dense: BCR-shaped too
-        x = torch.randn(3, 12)
-        with pytest.warns(RuntimeWarning, match=f"did not build: .*error.*{fmt}_linear"):
-            y = sl(x)
-        expected = lin(x).detach()
-        torch.testing.assert_close(y, expected, rtol=0, atol=1e-5 * max(1.0, float(expected.abs().max())))
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            sl(x)  # warned once only
-    finally:
-        extension.load.cache_clear()
+def test_falls_back_to_reference_with_one_warning_naming_the_compiler_error(broken_source, fmt):
+    broken_source(f"{fmt}_linear")
+    lin = nn.Linear(12, 10)
+    sl = SparseLinear.from_linear(lin, (4, 4), format=fmt)  # dense: BCR-shaped too
+    x = torch.randn(3, 12)
+    with pytest.warns(RuntimeWarning, match=f"did not build: .*error.*{fmt}_linear"):
+        y = sl(x)
+    expected = lin(x).detach()
+    torch.testing.assert_close(y, expected, rtol=0, atol=1e-5 * max(1.0, float(expected.abs().max())))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sl(x)  # warned once only
 
 
 def test_import_builds_and_loads_no_extension(tmp_path):
