@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from sparseforge.profile import machine_info
-from sparseforge.profile.memory import analyse, record_training
+from sparseforge.profile.memory import analyse, fit_peak, peak, record_training
 
 RECIPE_DIR = Path(__file__).resolve().parents[1] / "src" / "sparseforge" / "recipes"
 MIB = 2**20
@@ -84,8 +84,18 @@ def main() -> None:
             f"| {r['temp_mib']:.1f} | {pgo:.2f} | {r['buffer_mib']:.2f} | {r['state_dense_mib']:.2f} "
             f"| {r['state_compact_mib']:.2f} | {r['density']:.2f} | {r['slowdown']:.2f}x |"
         )
+    lines += ["", prediction_check(methods()["dense"][0], args.steps)]
     (args.out / "training_memory.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def prediction_check(recipe: dict, steps: int, sizes: tuple[int, ...] = (32, 64), target: int = 256) -> str:
+    """Fit peak vs batch on `sizes`, predict `target` (4x the largest), measure it."""
+    fit = fit_peak(list(sizes), [peak(record_training(recipe, steps=steps, batch_size=b).trace).nbytes for b in sizes])
+    measured = peak(record_training(recipe, steps=steps, batch_size=target).trace).nbytes
+    err = fit.predict(target) / measured - 1
+    return (f"Prediction (dense): fitted on batches {', '.join(map(str, sizes))}, predicted peak at batch {target} "
+            f"{fit.predict(target) / MIB:.1f} MiB, measured {measured / MIB:.1f} MiB ({err:+.2%}).")
 
 
 if __name__ == "__main__":
