@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from sparseforge.kernels import ops
-from sparseforge.kernels.activation_sparse import kernel_available
+from sparseforge.kernels.extension import kernel_available
 from sparseforge.profile import machine_info
 from sparseforge.profile.latency import interleaved
 
@@ -139,7 +139,7 @@ def main() -> None:
     print(f"CPU: {info['cpu_model']} ({info['cpu_capability']}), torch {info['torch_version']}, "
           f"threads {info['torch_threads']}; activations i.i.d. per token")
     for op in ("sparse_input_linear", "relu_gated_ffn"):
-        if not kernel_available(op):
+        if not kernel_available(op, ops.ACT_SPARSE_FILE):
             raise SystemExit(f"the sparseforge {op} kernel did not build; see the warning above")
     g = torch.Generator().manual_seed(0)
     print(f"{'op':>9} {'shape HxI':>10} {'sparsity':>8} {'batch':>5} {'active':>6} "

@@ -3,7 +3,7 @@
 from .data import load_dataset
 from .graph import PrunePlan, apply_plan, fuse, prune_channels
 from .models import create_model
-from .profile.memory import MemoryRecorder, profile_memory
+from .profile.memory import MemoryRecorder
 from .recipe import Recipe, RecipeError, load_recipe
 from .runtime import check_onnx, export_model
 from .session import Session
@@ -11,6 +11,14 @@ from .sparsity import bake_masks, global_sparsity, layer_sparsity, load_masked_s
 from .trainer import compress, train
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name == "profile_memory":  # its report imports matplotlib: loaded on first use
+        from .profile.memory import profile_memory
+
+        return profile_memory
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "MemoryRecorder", "PrunePlan", "Recipe", "RecipeError", "Session", "apply_plan", "bake_masks", "check_onnx", "compress", "create_model",

@@ -5,9 +5,19 @@ earlier frees, peak vs batch size) and the `profile memory` report."""
 from .analysis import block_stats, detect_period, live_bytes, pattern_stability, peak
 from .decisions import fit_peak
 from .recorder import MemoryRecorder, Trace, record_steps
-from .report import analyse, profile_memory
 from .session import checkpoint_activations, record_training
 from .store import load_trace, save_trace
+
+
+def __getattr__(name: str):
+    # the report side imports matplotlib (through sparseforge.report): loaded on first use, so
+    # `import sparseforge` stays free of plotting
+    if name in ("analyse", "profile_memory"):
+        from . import report
+
+        return getattr(report, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "MemoryRecorder",

@@ -4,10 +4,10 @@ what peak a bigger batch will need (an affine fit over profiled batch sizes)."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
-from torch.utils.flop_counter import flop_registry
 
 from .analysis import BlockStats, Peak
 from .recorder import Trace
@@ -55,18 +55,21 @@ def swap_candidates(
     return sorted(out, key=lambda c: -c.nbytes)
 
 
-# ops torch's FLOP counter has a formula for (matmuls, convolutions, attention), plus the CPU
-# convolution kernels it reaches through `convolution`
-EXPENSIVE_OPS = frozenset(
-    {getattr(k, "__name__", str(k)) for k in flop_registry}
-    | {"mkldnn_convolution", "_convolution_mode", "conv2d", "linear"}
-)
+@functools.cache
+def expensive_ops() -> frozenset[str]:
+    """Ops torch's FLOP counter has a formula for (matmuls, convolutions, attention), plus the
+    CPU convolution kernels it reaches through `convolution`. (Imported on use: the FLOP
+    counter imports triton.)"""
+    from torch.utils.flop_counter import flop_registry
+
+    names = {getattr(k, "__name__", str(k)) for k in flop_registry}
+    return frozenset(names | {"mkldnn_convolution", "_convolution_mode", "conv2d", "linear"})
 
 
 def _is_cheap(op: str) -> bool:
     """Pointwise ops, reshuffles and reductions: cheap to recompute next to what the FLOP
     counter counts."""
-    return op.split(".")[0] not in EXPENSIVE_OPS
+    return op.split(".")[0] not in expensive_ops()
 
 
 def recompute_candidates(

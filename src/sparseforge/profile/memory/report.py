@@ -13,7 +13,6 @@ from ...recipe import Recipe, load_recipe
 from ...report import fmt
 from ...report.document import Document, Heading, Image, Paragraph, Table, write
 from ..machine import machine_info
-from . import plots
 from .analysis import (
     BlockStats,
     Events,
@@ -208,6 +207,8 @@ def profile_memory(
     if fit and budget_bytes:
         s["budget_bytes"], s["largest_batch"] = budget_bytes, fit.largest_batch(budget_bytes)
     save_trace(a.recording.trace, out / "trace")
+    from . import plots  # matplotlib, imported on use
+
     trace = a.recording.trace
     figures = {
         "timeline": plots.plot_timeline(trace, out / "memory_timeline.png", a.events),
