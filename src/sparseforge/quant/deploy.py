@@ -1,0 +1,91 @@
+"""int8 inference on CPU through torchao. `to_int8`: torchao's PT2E flow with the
+X86InductorQuantizer (uint8 per-tensor activations, int8 per-channel symmetric weights,
+calibrated), compiled by inductor with `freezing=True`, which is what lowers the q/dq pattern
+to oneDNN int8 conv/linear with fused post-ops; without freezing the graph runs dequantize +
+fp32 kernels and was measured 16x slower than fp32. `to_int8_dynamic`: torchao's `quantize_`
+with int8 dynamic activations and int8 weights, for linear layers only. Both bake pruning
+masks first: pruned weights quantize to exactly 0."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from collections.abc import Iterable
+
+import torch
+import torch._inductor.config
+from torch import Tensor, nn
+
+from ..sparsity import bake_masks
+from .ptq import _inputs
+
+# Inductor settings of every int8 compile here. `freezing` folds the weights into constants,
+# which the int8 lowering passes need. It must be in inductor's global config while compiling:
+# `torch.compile(options={"freezing": True})` is not seen by the passes that prepack int8
+# weights (compiling fails). The test suite checks the lowered code.
+INDUCTOR_CONFIG = {"freezing": True}
+
+
+class FrozenCompiled(nn.Module):
+    """`torch.compile(module)` (static shapes, one graph per batch size) whose every call, so
+    every recompile for a new batch size, runs with `INDUCTOR_CONFIG` in effect."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.compiled = torch.compile(module, dynamic=False)
+
+    def forward(self, *args: Tensor) -> Tensor:
+        with torch._inductor.config.patch(INDUCTOR_CONFIG):
+            return self.compiled(*args)
+
+
+def compile_frozen(model: nn.Module) -> nn.Module:
+    """`model` compiled by inductor with freezing (see `FrozenCompiled`)."""
+    return FrozenCompiled(model)
+
+
+def _plain_copy(model: nn.Module) -> nn.Module:
+    return bake_masks(copy.deepcopy(model)).eval()
+
+
+def to_int8(
+    model: nn.Module, example_batches: Iterable, *, calibration_batches: int = 16,
+    compile: bool = True,
+) -> nn.Module:
+    """An int8 copy of `model` for CPU inference: export (batch dim dynamic), prepare with the
+    X86InductorQuantizer, calibrate on up to `calibration_batches` of `example_batches`
+    (tensors or (x, y) pairs; the first must have batch size > 1), convert, and compile with
+    freezing. `compile=False` returns the converted (q/dq reference) graph module."""
+    from torchao.quantization.pt2e import allow_exported_model_train_eval
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
+
+    plain = _plain_copy(model)
+    batches = [_inputs(b) for b in itertools.islice(example_batches, calibration_batches)]
+    if not batches:
+        raise ValueError("to_int8 needs at least one example batch to export and calibrate on")
+    example: Tensor = batches[0]
+    if example.shape[0] < 2:
+        raise ValueError("the first example batch must hold at least 2 inputs, so the exported "
+                         "graph keeps the batch size dynamic")
+    batch = torch.export.Dim("batch")
+    with torch.no_grad():
+        exported = torch.export.export(plain, (example,), dynamic_shapes=({0: batch},)).module()
+        quantizer = x86.X86InductorQuantizer()
+        quantizer.set_global(x86.get_default_x86_inductor_quantization_config())
+        prepared = prepare_pt2e(exported, quantizer)
+        for x in batches:
+            prepared(x)
+        converted = convert_pt2e(prepared)
+    allow_exported_model_train_eval(converted)  # so `.eval()` (e.g. in `evaluate`) works
+    return compile_frozen(converted) if compile else converted
+
+
+def to_int8_dynamic(model: nn.Module, *, compile: bool = True) -> nn.Module:
+    """An int8 copy through torchao's `quantize_` (int8 dynamic per-token activations, int8
+    per-channel weights): linear layers only, convolutions stay fp32."""
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+
+    plain = _plain_copy(model)
+    quantize_(plain, Int8DynamicActivationInt8WeightConfig())
+    return compile_frozen(plain) if compile else plain

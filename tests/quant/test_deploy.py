@@ -1,0 +1,60 @@
+"""The int8 CPU path: torchao PT2E + X86InductorQuantizer, compiled with inductor freezing.
+Without freezing the q/dq graph is not lowered to oneDNN int8 kernels (and ran 16x slower
+than fp32), so the tests read the generated code for the int8 ops."""
+
+import pytest
+import torch
+from torch import nn
+
+pytest.importorskip("torchao")
+from torch._inductor.utils import run_and_get_code  # noqa: E402
+
+from sparseforge.quant.deploy import to_int8, to_int8_dynamic  # noqa: E402
+from sparseforge.sparsity import apply_mask  # noqa: E402
+
+
+def small_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 8 * 8, 10),
+    )
+    apply_mask(model[3], torch.rand(model[3].weight.shape) > 0.5)  # masks are baked first
+    return model.eval()
+
+
+def test_int8_deploy_lowers_to_onednn_int8_at_every_batch_size():
+    model = small_cnn()
+    g = torch.Generator().manual_seed(1)
+    calib = [torch.randn(8, 1, 8, 8, generator=g) for _ in range(4)]
+    deployed = to_int8(model, calib).eval()  # evaluate() calls .eval(): must not raise
+    x = torch.randn(32, 1, 8, 8, generator=g)
+    with torch.no_grad():
+        out, code = run_and_get_code(deployed, x)
+        ref = model(x)
+        # a second batch size recompiles: freezing must hold for that compile too
+        out1, code1 = run_and_get_code(deployed, x[:1])
+    for c in ("".join(code), "".join(code1)):
+        assert "onednn.qconv_pointwise" in c and "onednn.qlinear_pointwise" in c
+        assert "_frozen_param" in c
+    assert torch.allclose(out1, out[:1], atol=1e-4)
+    assert (out - ref).abs().max() < 0.05 * ref.abs().max()
+    assert (out.argmax(1) == ref.argmax(1)).float().mean() >= 0.9
+
+
+def test_int8_deploy_needs_a_batch_to_export():
+    with pytest.raises(ValueError, match="at least 2"):
+        to_int8(small_cnn(), [torch.randn(1, 1, 8, 8)])
+    with pytest.raises(ValueError, match="at least one example"):
+        to_int8(small_cnn(), [])
+
+
+def test_dynamic_int8_linears_close_to_fp32():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10)).eval()
+    x = torch.randn(16, 64)
+    with torch.no_grad():
+        out = to_int8_dynamic(model, compile=False)(x)
+        ref = model(x)
+    assert not torch.equal(out, ref)
+    assert (out - ref).abs().max() < 0.05 * ref.abs().max()
