@@ -1,4 +1,4 @@
-// BCR (GRIM) linear y = x @ W^T + b, CPU, float32.
+// BCR (GRIM) linear y = act(x @ W^T + b + residual), CPU, float32.
 //
 // Each stored block is a dense (kr, kc) tile at kept rows `rows` and kept columns `cols` of an
 // (r, c) block of W. Per block: gather the kc kept input columns of x, multiply by the tile
@@ -12,7 +12,8 @@
 //
 // Threads split each group's blocks; blocks from different threads can hit the same output
 // rows, so threads accumulate into their own buffers (the first into out for batch < 8),
-// summed at the end.
+// summed at the end; the epilogue (bias, residual, relu: linear_common.h) is applied in that
+// same final pass, to each sum as it is formed; GELU right after.
 //
 // Built twice from this one file (see sparseforge/kernels/extension.py): with -mavx2 -mfma and
 // without; SF_ISA names the variant, so each registers its own op sparseforge::_bcr_linear_<isa>.
@@ -159,12 +160,13 @@ void group_share_t(const Problem& p, const Group<bid_t, sid_t>& g, int64_t nb, c
 }
 
 // Batch >= 8 on x transposed and zero-padded to (K, Bp); every thread adds into its own
-// (N, Bp) buffer, and the sum is written transposed (plus bias) into out (B, N).
+// (N, Bp) buffer, and the sum is written transposed (through the epilogue) into out (B, N).
 template <typename bid_t, typename sid_t>
 void run_batched(const Problem& p, const bid_t* ids, const int64_t* shapes, const int64_t* ptr,
                  int64_t G, const sid_t* rows, const sid_t* cols, const float* vt,
                  const std::vector<int64_t>& row_at, const std::vector<int64_t>& col_at,
-                 const std::vector<int64_t>& val_at, const float* bias, float* out) {
+                 const std::vector<int64_t>& val_at, const sparseforge::Epilogue& ep,
+                 float* out) {
   const int64_t Bp = (p.B + 7) / 8 * 8;
   std::vector<float> xt(static_cast<size_t>(p.K) * Bp, 0.0f);  // (K, Bp)
   for (int64_t b = 0; b < p.B; ++b)
@@ -184,9 +186,9 @@ void run_batched(const Problem& p, const bid_t* ids, const int64_t* shapes, cons
 #pragma omp for schedule(static)
     for (int64_t n = 0; n < p.N; ++n) {
       for (int64_t b = 0; b < p.B; ++b) {
-        float s = bias ? bias[n] : 0.0f;
+        float s = 0.0f;
         for (int t = 0; t < nthreads; ++t) s += bufs[t * NBp + n * Bp + b];
-        out[b * p.N + n] = s;
+        out[b * p.N + n] = ep(s, b, n);
       }
     }
   }
@@ -194,8 +196,8 @@ void run_batched(const Problem& p, const bid_t* ids, const int64_t* shapes, cons
 
 template <typename bid_t, typename sid_t>
 void run(const Problem& p, const bid_t* ids, const int64_t* shapes, const int64_t* ptr,
-         int64_t G, const sid_t* rows, const sid_t* cols, const float* vt, const float* bias,
-         float* out) {
+         int64_t G, const sid_t* rows, const sid_t* cols, const float* vt,
+         const sparseforge::Epilogue& ep, float* out) {
   // where each group's indices and tiles start
   std::vector<int64_t> row_at(G + 1, 0), col_at(G + 1, 0), val_at(G + 1, 0);
   for (int64_t g = 0; g < G; ++g) {
@@ -205,9 +207,8 @@ void run(const Problem& p, const bid_t* ids, const int64_t* shapes, const int64_
     val_at[g + 1] = val_at[g] + nb * kr * kc;
   }
   if (p.B >= 8)
-    return run_batched(p, ids, shapes, ptr, G, rows, cols, vt, row_at, col_at, val_at, bias, out);
-  for (int64_t b = 0; b < p.B; ++b)  // out starts as the bias
-    for (int64_t n = 0; n < p.N; ++n) out[b * p.N + n] = bias ? bias[n] : 0.0f;
+    return run_batched(p, ids, shapes, ptr, G, rows, cols, vt, row_at, col_at, val_at, ep, out);
+  std::fill(out, out + p.B * p.N, 0.0f);
   const int nthreads = std::max(1, at::get_num_threads());
   const int64_t BN = p.B * p.N;
   std::vector<float> extra(static_cast<size_t>(nthreads - 1) * BN, 0.0f);  // threads 1..T-1
@@ -222,10 +223,11 @@ void run(const Problem& p, const bid_t* ids, const int64_t* shapes, const int64_
       dispatch_kr(p, grp, ptr[g + 1] - ptr[g], mine, acc_rt.data());
     }
 #pragma omp barrier
-    if (nthreads > 1) {
 #pragma omp for schedule(static)
-      for (int64_t e = 0; e < BN; ++e)
-        for (int t = 0; t < nthreads - 1; ++t) out[e] += extra[t * BN + e];
+    for (int64_t e = 0; e < BN; ++e) {
+      float s = out[e];
+      for (int t = 0; t < nthreads - 1; ++t) s += extra[t * BN + e];
+      out[e] = ep(s, e / p.N, e % p.N);
     }
   }
 }
@@ -233,12 +235,12 @@ void run(const Problem& p, const bid_t* ids, const int64_t* shapes, const int64_
 template <typename bid_t>
 void dispatch_sid(const Problem& p, const bid_t* ids, const int64_t* shapes, const int64_t* ptr,
                   int64_t G, const at::Tensor& rows, const at::Tensor& cols, const float* vt,
-                  const float* bias, float* out) {
+                  const sparseforge::Epilogue& ep, float* out) {
   if (rows.scalar_type() == at::kByte && cols.scalar_type() == at::kByte) {
-    run(p, ids, shapes, ptr, G, rows.data_ptr<uint8_t>(), cols.data_ptr<uint8_t>(), vt, bias, out);
+    run(p, ids, shapes, ptr, G, rows.data_ptr<uint8_t>(), cols.data_ptr<uint8_t>(), vt, ep, out);
   } else {  // a block side over 256: widened here (rare)
     const at::Tensor r32 = rows.to(at::kInt), c32 = cols.to(at::kInt);
-    run(p, ids, shapes, ptr, G, r32.data_ptr<int32_t>(), c32.data_ptr<int32_t>(), vt, bias, out);
+    run(p, ids, shapes, ptr, G, r32.data_ptr<int32_t>(), c32.data_ptr<int32_t>(), vt, ep, out);
   }
 }
 
@@ -246,7 +248,8 @@ at::Tensor bcr_linear(const at::Tensor& x, const at::Tensor& block_ids,
                       const at::Tensor& group_shapes, const at::Tensor& group_ptr,
                       const at::Tensor& row_indices, const at::Tensor& col_indices,
                       const at::Tensor& values_t, const std::optional<at::Tensor>& bias,
-                      int64_t out_features, int64_t block_rows, int64_t block_cols) {
+                      int64_t out_features, int64_t block_rows, int64_t block_cols,
+                      std::string_view activation, const std::optional<at::Tensor>& residual) {
   TORCH_CHECK(values_t.dim() == 1 && values_t.scalar_type() == at::kFloat,
               "values_t must be float32 (sum kr * kc,)");
   TORCH_CHECK(block_rows >= 1 && block_cols >= 1, "block sizes must be positive");
@@ -272,19 +275,22 @@ at::Tensor bcr_linear(const at::Tensor& x, const at::Tensor& block_ids,
   const at::Tensor x2 = sparseforge::input_rows(x);
   at::Tensor out = at::empty({x2.size(0), out_features}, x.options());
   const at::Tensor b = sparseforge::checked_bias(bias, out_features);
-  const float* bp = sparseforge::data_or_null(b);
+  const at::Tensor res = sparseforge::checked_residual(residual, x, out_features);
+  const sparseforge::Epilogue ep{sparseforge::data_or_null(b), sparseforge::data_or_null(res),
+                                 sparseforge::parse_activation(activation), out_features};
   Problem p{x2.data_ptr<float>(), x2.size(0), K, out_features, block_rows, block_cols,
             (K + block_cols - 1) / block_cols};
   const at::Tensor vt = values_t.contiguous(), ri = row_indices.contiguous(),
                    ci = col_indices.contiguous(), ids = block_ids.contiguous();
   if (ids.scalar_type() == at::kInt) {
-    dispatch_sid(p, ids.data_ptr<int32_t>(), sp, pp, G, ri, ci, vt.data_ptr<float>(), bp,
+    dispatch_sid(p, ids.data_ptr<int32_t>(), sp, pp, G, ri, ci, vt.data_ptr<float>(), ep,
                  out.data_ptr<float>());
   } else {
     TORCH_CHECK(ids.scalar_type() == at::kLong, "block_ids must be int32 or int64");
-    dispatch_sid(p, ids.data_ptr<int64_t>(), sp, pp, G, ri, ci, vt.data_ptr<float>(), bp,
+    dispatch_sid(p, ids.data_ptr<int64_t>(), sp, pp, G, ri, ci, vt.data_ptr<float>(), ep,
                  out.data_ptr<float>());
   }
+  sparseforge::finish(out, ep.act);
   return sparseforge::output_like(out, x, out_features);
 }
 
@@ -294,7 +300,8 @@ TORCH_LIBRARY_FRAGMENT(sparseforge, m) {
   m.def("_bcr_linear_" SF_STR(SF_ISA)
         "(Tensor x, Tensor block_ids, Tensor group_shapes, Tensor group_ptr, "
         "Tensor row_indices, Tensor col_indices, Tensor values_t, Tensor? bias, "
-        "int out_features, int block_rows, int block_cols) -> Tensor");
+        "int out_features, int block_rows, int block_cols, str activation=\"none\", "
+        "Tensor? residual=None) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(sparseforge, CPU, m) {

@@ -1,9 +1,11 @@
-// Block-sparse linear y = x @ W^T + b for W in BSR, CPU, float32.
+// Block-sparse linear y = act(x @ W^T + b + residual) for W in BSR, CPU, float32.
 //
 // Tiles arrive transposed, (nblocks, bw, bh), so the inner loop is an axpy over the bh output
 // rows of a block row: acc[b][0:bh] += tile[c][0:bh] * x[b][c]. GCC vectorizes that loop
 // without -ffast-math (no reduction is reordered), and with bh fixed at compile time the
-// NB x bh accumulators stay in registers. OpenMP splits the block rows across threads.
+// NB x bh accumulators stay in registers. OpenMP splits the block rows across threads. The
+// epilogue (bias, residual, relu: linear_common.h) is applied as the accumulators are written
+// out; GELU right after, in the same op.
 //
 // Built twice from this one file (see sparseforge/kernels/extension.py): with -mavx2 -mfma and
 // without; SF_ISA names the variant, so each registers its own op sparseforge::_bsr_linear_<isa>.
@@ -23,20 +25,17 @@ namespace {
 struct Problem {
   const float* x;     // (B, K) row-major
   const float* vt;    // (nblocks, bw, bh)
-  const float* bias;  // (N,) or nullptr
+  sparseforge::Epilogue ep;  // bias, residual, activation
   float* out;         // (B, N) row-major
   int64_t B, K, N, bw, bh;
 };
 
-// Writes acc (NBT, bh) plus bias into rows [i*bh, i*bh + bh) of batch rows [b0, b0 + NBT).
+// Writes the epilogue of acc (NBT, bh) into rows [i*bh, i*bh + bh) of batch rows [b0, b0 + NBT).
 template <int NBT>
 inline void store(const Problem& p, const float* acc, int64_t bh, int64_t i, int64_t b0) {
   const int64_t r0 = i * bh;
   const int64_t rows = std::min(bh, p.N - r0);  // the ragged last block row
-  for (int b = 0; b < NBT; ++b) {
-    float* o = p.out + (b0 + b) * p.N + r0;
-    for (int64_t r = 0; r < rows; ++r) o[r] = acc[b * bh + r] + (p.bias ? p.bias[r0 + r] : 0.0f);
-  }
+  for (int b = 0; b < NBT; ++b) p.ep.row(p.out + (b0 + b) * p.N + r0, acc + b * bh, b0 + b, r0, rows);
 }
 
 // One block row `i`, batch rows [b0, b0 + NBT), tile (BW, BH) fixed at compile time: the
@@ -65,10 +64,7 @@ void block_row(const Problem& p, const index_t* crow, const index_t* col, int64_
   }
   const int64_t r0 = i * BH;
   const int64_t rows = std::min<int64_t>(BH, p.N - r0);  // the ragged last block row
-  for (int b = 0; b < NBT; ++b) {
-    float* o = p.out + (b0 + b) * p.N + r0;
-    for (int64_t r = 0; r < rows; ++r) o[r] = acc[b][r] + (p.bias ? p.bias[r0 + r] : 0.0f);
-  }
+  for (int b = 0; b < NBT; ++b) p.ep.row(p.out + (b0 + b) * p.N + r0, acc[b], b0 + b, r0, rows);
 }
 
 // The same for any block height, accumulating in `acc` (NBT * p.bh floats).
@@ -130,7 +126,8 @@ void dispatch_tile(const Problem& p, const index_t* crow, const index_t* col, in
 
 at::Tensor bsr_linear(const at::Tensor& x, const at::Tensor& crow, const at::Tensor& col,
                       const at::Tensor& values_t, const std::optional<at::Tensor>& bias,
-                      int64_t out_features) {
+                      int64_t out_features, std::string_view activation,
+                      const std::optional<at::Tensor>& residual) {
   TORCH_CHECK(values_t.dim() == 3 && values_t.scalar_type() == at::kFloat,
               "values_t must be float32 (nblocks, bw, bh)");
   TORCH_CHECK(crow.dim() == 1 && col.dim() == 1 && crow.scalar_type() == col.scalar_type(),
@@ -143,9 +140,12 @@ at::Tensor bsr_linear(const at::Tensor& x, const at::Tensor& crow, const at::Ten
   const at::Tensor x2 = sparseforge::input_rows(x);
   const at::Tensor vt = values_t.contiguous();
   const at::Tensor b = sparseforge::checked_bias(bias, out_features);
+  const at::Tensor res = sparseforge::checked_residual(residual, x, out_features);
+  const sparseforge::Epilogue ep{sparseforge::data_or_null(b), sparseforge::data_or_null(res),
+                                 sparseforge::parse_activation(activation), out_features};
   at::Tensor out = at::empty({x2.size(0), out_features}, x.options());
-  Problem p{x2.data_ptr<float>(), vt.data_ptr<float>(), sparseforge::data_or_null(b),
-            out.data_ptr<float>(), x2.size(0), K, out_features, bw, bh};
+  Problem p{x2.data_ptr<float>(), vt.data_ptr<float>(), ep, out.data_ptr<float>(), x2.size(0), K,
+            out_features, bw, bh};
   const at::Tensor cr = crow.contiguous(), cl = col.contiguous();
   if (cr.scalar_type() == at::kInt) {
     dispatch_tile<int32_t>(p, cr.data_ptr<int32_t>(), cl.data_ptr<int32_t>(), nbr);
@@ -153,6 +153,7 @@ at::Tensor bsr_linear(const at::Tensor& x, const at::Tensor& crow, const at::Ten
     TORCH_CHECK(cr.scalar_type() == at::kLong, "indices must be int32 or int64");
     dispatch_tile<int64_t>(p, cr.data_ptr<int64_t>(), cl.data_ptr<int64_t>(), nbr);
   }
+  sparseforge::finish(out, ep.act);
   return sparseforge::output_like(out, x, out_features);
 }
 
@@ -161,7 +162,7 @@ at::Tensor bsr_linear(const at::Tensor& x, const at::Tensor& crow, const at::Ten
 TORCH_LIBRARY_FRAGMENT(sparseforge, m) {
   m.def("_bsr_linear_" SF_STR(SF_ISA)
         "(Tensor x, Tensor crow_indices, Tensor col_indices, Tensor values_t, Tensor? bias, "
-        "int out_features) -> Tensor");
+        "int out_features, str activation=\"none\", Tensor? residual=None) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(sparseforge, CPU, m) {

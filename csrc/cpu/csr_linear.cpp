@@ -1,11 +1,12 @@
-// Unstructured sparse linear y = x @ W^T + b for W in CSR, CPU, float32.
+// Unstructured sparse linear y = act(x @ W^T + b + residual) for W in CSR, CPU, float32.
 //
 // Row-wise: output row n is the dot of its nonzeros with the gathered x. Batch 1 keeps eight
 // independent partial sums (the dot is a reduction GCC will not reorder without -ffast-math);
 // the AVX2 variant fills them with one hardware gather per 8 nonzeros (int32 indices).
 // Batch > 1 first transposes x to (K, B), padded to a multiple of 8, so each nonzero
 // multiplies up to 32 contiguous batch values held as 8-float vectors: the weight and its index
-// are loaded once per 32 outputs. OpenMP splits the rows.
+// are loaded once per 32 outputs. OpenMP splits the rows. The epilogue (bias, residual, relu:
+// linear_common.h) is applied as each output leaves its accumulator; GELU right after.
 //
 // Built twice from this one file (see sparseforge/kernels/extension.py): with -mavx2 -mfma and
 // without; SF_ISA names the variant, so each registers its own op sparseforge::_csr_linear_<isa>.
@@ -31,7 +32,7 @@ struct Problem {
   const index_t* crow;  // (N + 1,)
   const index_t* col;   // (nnz,)
   const float* val;     // (nnz,)
-  const float* bias;    // (N,) or nullptr
+  sparseforge::Epilogue ep;  // bias, residual, activation
   float* out;           // (B, N) row-major
   int64_t B, K, N;
 };
@@ -59,7 +60,7 @@ void rows_b1(const Problem<index_t>& p, const float* __restrict x) {
       for (int u = 0; u < 8; ++u) s[u] += p.val[q + u] * x[p.col[q + u]];
     for (; q < hi; ++q) s[0] += p.val[q] * x[p.col[q]];
     const float sum = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
-    p.out[n] = sum + (p.bias ? p.bias[n] : 0.0f);
+    p.out[n] = p.ep(sum, 0, n);
   }
 }
 
@@ -82,9 +83,8 @@ inline void row_tile(const Problem<index_t>& p, const float* __restrict xt, int6
     const float* xc = xt + static_cast<int64_t>(p.col[q]) * Bp + b0;
     for (int u = 0; u < NV; ++u) acc[u] += v * load8(xc + 8 * u);
   }
-  const float bn = p.bias ? p.bias[n] : 0.0f;
   const int64_t nb = std::min<int64_t>(8 * NV, p.B - b0);  // drop the zero padding
-  for (int64_t b = 0; b < nb; ++b) p.out[(b0 + b) * p.N + n] = acc[b / 8][b % 8] + bn;
+  for (int64_t b = 0; b < nb; ++b) p.out[(b0 + b) * p.N + n] = p.ep(acc[b / 8][b % 8], b0 + b, n);
 }
 
 template <typename index_t>
@@ -110,7 +110,8 @@ void run(const Problem<index_t>& p, const at::Tensor& x2) {
 
 at::Tensor csr_linear(const at::Tensor& x, const at::Tensor& crow, const at::Tensor& col,
                       const at::Tensor& values, const std::optional<at::Tensor>& bias,
-                      int64_t out_features) {
+                      int64_t out_features, std::string_view activation,
+                      const std::optional<at::Tensor>& residual) {
   TORCH_CHECK(values.dim() == 1 && values.scalar_type() == at::kFloat,
               "values must be float32 (nnz,)");
   TORCH_CHECK(crow.dim() == 1 && col.dim() == 1 && crow.scalar_type() == col.scalar_type(),
@@ -123,19 +124,22 @@ at::Tensor csr_linear(const at::Tensor& x, const at::Tensor& crow, const at::Ten
   const at::Tensor b = sparseforge::checked_bias(bias, out_features);
   at::Tensor out = at::empty({x2.size(0), out_features}, x.options());
   const at::Tensor cr = crow.contiguous(), cl = col.contiguous();
-  const float* bp = sparseforge::data_or_null(b);
+  const at::Tensor res = sparseforge::checked_residual(residual, x, out_features);
+  const sparseforge::Epilogue ep{sparseforge::data_or_null(b), sparseforge::data_or_null(res),
+                                 sparseforge::parse_activation(activation), out_features};
   if (x2.size(0) > 0) {
     if (cr.scalar_type() == at::kInt) {
       TORCH_CHECK(cr[-1].item<int32_t>() == v.size(0), "crow_indices[-1] must equal nnz");
       run(Problem<int32_t>{cr.data_ptr<int32_t>(), cl.data_ptr<int32_t>(), v.data_ptr<float>(),
-                           bp, out.data_ptr<float>(), x2.size(0), K, out_features}, x2);
+                           ep, out.data_ptr<float>(), x2.size(0), K, out_features}, x2);
     } else {
       TORCH_CHECK(cr.scalar_type() == at::kLong, "indices must be int32 or int64");
       TORCH_CHECK(cr[-1].item<int64_t>() == v.size(0), "crow_indices[-1] must equal nnz");
       run(Problem<int64_t>{cr.data_ptr<int64_t>(), cl.data_ptr<int64_t>(), v.data_ptr<float>(),
-                           bp, out.data_ptr<float>(), x2.size(0), K, out_features}, x2);
+                           ep, out.data_ptr<float>(), x2.size(0), K, out_features}, x2);
     }
   }
+  sparseforge::finish(out, ep.act);
   return sparseforge::output_like(out, x, out_features);
 }
 
@@ -144,7 +148,7 @@ at::Tensor csr_linear(const at::Tensor& x, const at::Tensor& crow, const at::Ten
 TORCH_LIBRARY_FRAGMENT(sparseforge, m) {
   m.def("_csr_linear_" SF_STR(SF_ISA)
         "(Tensor x, Tensor crow_indices, Tensor col_indices, Tensor values, Tensor? bias, "
-        "int out_features) -> Tensor");
+        "int out_features, str activation=\"none\", Tensor? residual=None) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(sparseforge, CPU, m) {

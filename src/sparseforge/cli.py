@@ -71,8 +71,11 @@ def _deploy(args: argparse.Namespace) -> int:
 
     if args.format:
         return _export(args)
-    deployed, path = deploy_run(args.run_dir, args.target, batch=args.batch, repeats=args.repeats)
+    deployed, path = deploy_run(args.run_dir, args.target, batch=args.batch, repeats=args.repeats,
+                                fuse=args.fuse)
     print(format_plan(deployed.plan))
+    if deployed.fusion is not None:
+        print(deployed.fusion.summary())
     print(f"plan and timings written to {path}")
     return 0
 
@@ -169,6 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="test images in the example input the layers are timed on, or the "
                          "export is traced and checked on (default 1)")
     dp.add_argument("--repeats", type=int, default=20, help="timed calls per candidate and round")
+    dp.add_argument("--fuse", action="store_true",
+                    help="then plan the deployed model's fusion (DNNFusion) and lower it: residual "
+                         "add / relu / gelu into our sparse kernels, the rest through TorchInductor; "
+                         "writes fusion_plan.json and lowering.json beside deploy.json (CPU)")
     dp.add_argument("--format", choices=["onnx", "pt2"],
                     help="instead of picking kernels, export the model (masks baked, dynamic "
                          "batch) to DIR/export/model.onnx or model.pt2")

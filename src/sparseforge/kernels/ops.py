@@ -17,17 +17,50 @@ from . import extension
 
 lib = torch.library.Library("sparseforge", "FRAGMENT")
 
+# --- Epilogue of the sparse linears ---------------------------------------------------------
+# Every sparse linear op takes `activation` and `residual` after its own arguments and returns
+# y = act(x @ W^T + b + residual): the residual (shaped like the output) is added before the
+# activation, and both are applied by the C++ kernel as outputs leave its accumulators (the
+# lowering pass, graph/lower.py, folds a following add / relu / gelu into the op this way).
+# act: 'none', 'relu', 'gelu' (exact, erf: F.gelu's default) or 'gelu_tanh' (F.gelu(...,
+# approximate='tanh')).
+ACTIVATIONS = ("none", "relu", "gelu", "gelu_tanh")
+_EPILOGUE_SCHEMA = 'str activation="none", Tensor? residual=None'
+
+
+def epilogue_reference(y: Tensor, activation: str = "none", residual: Tensor | None = None) -> Tensor:
+    """act(y + residual), in PyTorch: what the kernels' epilogue computes."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    if residual is not None:
+        y = y + residual
+    if activation == "relu":
+        return torch.relu(y)
+    if activation in ("gelu", "gelu_tanh"):
+        return F.gelu(y, approximate="tanh" if activation == "gelu_tanh" else "none")
+    return y
+
+
+def _check_epilogue(out_shape: tuple, activation: str, residual: Tensor | None) -> None:
+    torch._check(activation in ACTIVATIONS,
+                 lambda: f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    if residual is not None:
+        torch._check(tuple(residual.shape) == tuple(out_shape),
+                     lambda: f"residual {tuple(residual.shape)} must be shaped like the output "
+                             f"{tuple(out_shape)}")
+
+
 lib.define(
     "bsr_linear(Tensor x, Tensor crow_indices, Tensor col_indices, Tensor values_t, "
-    "Tensor? bias, int out_features) -> Tensor"
+    f"Tensor? bias, int out_features, {_EPILOGUE_SCHEMA}) -> Tensor"
 )
 
 
 def bsr_linear_reference(
     x: Tensor, crow_indices: Tensor, col_indices: Tensor, values_t: Tensor,
-    bias: Tensor | None, out_features: int,
+    bias: Tensor | None, out_features: int, activation: str = "none", residual: Tensor | None = None,
 ) -> Tensor:
-    """y = x @ W^T + b with W (out_features, K = x.shape[-1]) in BSR: block row i holds tiles
+    """y = act(x @ W^T + b + residual) (see `epilogue_reference`) with W (out_features, K = x.shape[-1]) in BSR: block row i holds tiles
     `values_t[crow[i]:crow[i+1]]` at block columns `col_indices[...]`, each tile stored
     transposed (bw, bh) as the kernel reads it. Densifies W, then F.linear."""
     _, bw, bh = values_t.shape
@@ -37,24 +70,25 @@ def bsr_linear_reference(
     tiles = values_t.new_zeros(nbr, nbc, bh, bw)
     tiles[brow, col_indices.long()] = values_t.transpose(1, 2)
     weight = from_tiles(tiles, out_features, x.shape[-1])  # (N, K)
-    return F.linear(x, weight, bias)
+    return epilogue_reference(F.linear(x, weight, bias), activation, residual)
 
 
 @torch.library.register_fake("sparseforge::bsr_linear", lib=lib)
 def _bsr_linear_fake(
     x: Tensor, crow_indices: Tensor, col_indices: Tensor, values_t: Tensor,
-    bias: Tensor | None, out_features: int,
+    bias: Tensor | None, out_features: int, activation: str = "none", residual: Tensor | None = None,
 ) -> Tensor:
     torch._check(values_t.dim() == 3, lambda: "values_t must be (nblocks, bw, bh)")
+    _check_epilogue((*x.shape[:-1], out_features), activation, residual)
     return x.new_empty((*x.shape[:-1], out_features))  # (..., N)
 
 
 def _bsr_linear_cpu(
     x: Tensor, crow_indices: Tensor, col_indices: Tensor, values_t: Tensor,
-    bias: Tensor | None, out_features: int,
+    bias: Tensor | None, out_features: int, activation: str = "none", residual: Tensor | None = None,
 ) -> Tensor:
     op = extension.kernel("bsr_linear")
-    return op(x, crow_indices, col_indices, values_t, bias, out_features)
+    return op(x, crow_indices, col_indices, values_t, bias, out_features, activation, residual)
 
 
 lib.impl("bsr_linear", _bsr_linear_cpu, "CPU")
@@ -62,11 +96,11 @@ lib.impl("bsr_linear", _bsr_linear_cpu, "CPU")
 
 def bsr_linear(
     x: Tensor, crow_indices: Tensor, col_indices: Tensor, values_t: Tensor,
-    bias: Tensor | None, out_features: int,
+    bias: Tensor | None, out_features: int, activation: str = "none", residual: Tensor | None = None,
 ) -> Tensor:
     """`torch.ops.sparseforge.bsr_linear`: the fast CPU path of `bsr_linear_reference`."""
     return torch.ops.sparseforge.bsr_linear(
-        x, crow_indices, col_indices, values_t, bias, out_features
+        x, crow_indices, col_indices, values_t, bias, out_features, activation, residual
     )
 
 
@@ -81,7 +115,7 @@ def bsr_linear(
 lib.define(
     "bcr_linear(Tensor x, Tensor block_ids, Tensor group_shapes, Tensor group_ptr, "
     "Tensor row_indices, Tensor col_indices, Tensor values_t, Tensor? bias, int out_features, "
-    "int block_rows, int block_cols) -> Tensor"
+    f"int block_rows, int block_cols, {_EPILOGUE_SCHEMA}) -> Tensor"
 )
 
 
@@ -100,24 +134,25 @@ def bcr_tiles_t(values: Tensor, group_shapes: Tensor, group_ptr: Tensor, *,
 def bcr_linear_reference(
     x: Tensor, block_ids: Tensor, group_shapes: Tensor, group_ptr: Tensor, row_indices: Tensor,
     col_indices: Tensor, values_t: Tensor, bias: Tensor | None, out_features: int,
-    block_rows: int, block_cols: int,
+    block_rows: int, block_cols: int, activation: str = "none", residual: Tensor | None = None,
 ) -> Tensor:
-    """y = x @ W^T + b with W (out_features, K = x.shape[-1]) in BCR, tiles transposed as the
+    """y = act(x @ W^T + b + residual) with W (out_features, K = x.shape[-1]) in BCR, tiles transposed as the
     kernel reads them (see above). Densifies W through `BCR.to_dense`, then F.linear."""
     values = bcr_tiles_t(values_t, group_shapes, group_ptr, inverse=True)
     fmt = BCR((out_features, x.shape[-1]), (block_rows, block_cols), block_ids, group_shapes,
               group_ptr, row_indices, col_indices, values)
-    return F.linear(x, fmt.to_dense(), bias)
+    return epilogue_reference(F.linear(x, fmt.to_dense(), bias), activation, residual)
 
 
 @torch.library.register_fake("sparseforge::bcr_linear", lib=lib)
 def _bcr_linear_fake(
     x: Tensor, block_ids: Tensor, group_shapes: Tensor, group_ptr: Tensor, row_indices: Tensor,
     col_indices: Tensor, values_t: Tensor, bias: Tensor | None, out_features: int,
-    block_rows: int, block_cols: int,
+    block_rows: int, block_cols: int, activation: str = "none", residual: Tensor | None = None,
 ) -> Tensor:
     torch._check(values_t.dim() == 1, lambda: "values_t must be (sum kr * kc,)")
     torch._check(group_shapes.dim() == 2, lambda: "group_shapes must be (G, 2)")
+    _check_epilogue((*x.shape[:-1], out_features), activation, residual)
     return x.new_empty((*x.shape[:-1], out_features))  # (..., N)
 
 
@@ -131,12 +166,12 @@ lib.impl("bcr_linear", _bcr_linear_cpu, "CPU")
 def bcr_linear(
     x: Tensor, block_ids: Tensor, group_shapes: Tensor, group_ptr: Tensor, row_indices: Tensor,
     col_indices: Tensor, values_t: Tensor, bias: Tensor | None, out_features: int,
-    block_rows: int, block_cols: int,
+    block_rows: int, block_cols: int, activation: str = "none", residual: Tensor | None = None,
 ) -> Tensor:
     """`torch.ops.sparseforge.bcr_linear`: the fast CPU path of `bcr_linear_reference`."""
     return torch.ops.sparseforge.bcr_linear(
         x, block_ids, group_shapes, group_ptr, row_indices, col_indices, values_t, bias,
-        out_features, block_rows, block_cols,
+        out_features, block_rows, block_cols, activation, residual,
     )
 
 
@@ -146,26 +181,27 @@ def bcr_linear(
 
 lib.define(
     "csr_linear(Tensor x, Tensor crow_indices, Tensor col_indices, Tensor values, Tensor? bias, "
-    "int out_features) -> Tensor"
+    f"int out_features, {_EPILOGUE_SCHEMA}) -> Tensor"
 )
 
 
 def csr_linear_reference(
     x: Tensor, crow_indices: Tensor, col_indices: Tensor, values: Tensor, bias: Tensor | None,
-    out_features: int,
+    out_features: int, activation: str = "none", residual: Tensor | None = None,
 ) -> Tensor:
-    """y = x @ W^T + b with W (out_features, K = x.shape[-1]) in CSR: row n holds `values[
+    """y = act(x @ W^T + b + residual) with W (out_features, K = x.shape[-1]) in CSR: row n holds `values[
     crow[n]:crow[n+1]]` at columns `col_indices[...]`. Densifies W, then F.linear."""
     fmt = CSR((out_features, x.shape[-1]), crow_indices, col_indices, values)
-    return F.linear(x, fmt.to_dense(), bias)
+    return epilogue_reference(F.linear(x, fmt.to_dense(), bias), activation, residual)
 
 
 @torch.library.register_fake("sparseforge::csr_linear", lib=lib)
 def _csr_linear_fake(
     x: Tensor, crow_indices: Tensor, col_indices: Tensor, values: Tensor, bias: Tensor | None,
-    out_features: int,
+    out_features: int, activation: str = "none", residual: Tensor | None = None,
 ) -> Tensor:
     torch._check(values.dim() == 1, lambda: "values must be (nnz,)")
+    _check_epilogue((*x.shape[:-1], out_features), activation, residual)
     return x.new_empty((*x.shape[:-1], out_features))  # (..., N)
 
 
@@ -178,12 +214,31 @@ lib.impl("csr_linear", _csr_linear_cpu, "CPU")
 
 def csr_linear(
     x: Tensor, crow_indices: Tensor, col_indices: Tensor, values: Tensor, bias: Tensor | None,
-    out_features: int,
+    out_features: int, activation: str = "none", residual: Tensor | None = None,
 ) -> Tensor:
     """`torch.ops.sparseforge.csr_linear`: the fast CPU path of `csr_linear_reference`."""
     return torch.ops.sparseforge.csr_linear(
-        x, crow_indices, col_indices, values, bias, out_features
+        x, crow_indices, col_indices, values, bias, out_features, activation, residual
     )
+
+
+def bound_kernel(name: str) -> torch._ops.OpOverload:
+    """The compiled C++ op behind `sparseforge::<name>` on this CPU (`sparseforge::_<name>_<isa>`,
+    best ISA, built now), with `name`'s fake impl, so a graph can call the kernel itself instead
+    of going through `name`'s Python CPU impl (graph/lower.py binds the calls it lowers to it).
+    Same schema and results; `name` is one of the sparse linears."""
+    fakes = {"bsr_linear": _bsr_linear_fake, "bcr_linear": _bcr_linear_fake,
+             "csr_linear": _csr_linear_fake}
+    if name not in fakes:
+        raise ValueError(f"no bound kernel for {name!r}; choose from {sorted(fakes)}")
+    op = extension.kernel(name)
+    if op._qualified_op_name not in _BOUND:
+        torch.library.register_fake(op._qualified_op_name, fakes[name], lib=lib)
+        _BOUND.add(op._qualified_op_name)
+    return op.default
+
+
+_BOUND: set[str] = set()  # C++ ops given a fake impl in this process
 
 
 # --- Activation sparsity (ProSparse-style ReLU / FATReLU FFNs) -------------------------------

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import copy
 import functools
+import warnings
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -18,6 +19,9 @@ from ..sparsity.masks import bake_masks, get_mask, masked_modules, module_type_n
 from .candidates import CANDIDATES, DENSE, Candidate, check
 from .capture import capture_inputs
 from .deployed import DeployedModel, set_submodule
+
+if TYPE_CHECKING:
+    from ..graph.lower import Fusion
 
 LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
 TARGETS = ("cpu", "cuda")
@@ -113,6 +117,24 @@ def _pick_candidates(names: Iterable[str] | None) -> list[Candidate]:
     return [CANDIDATES.get(n) for n in chosen if n != DENSE]  # get: unknown names say so
 
 
+def fuse_deployed(module: nn.Module, example_input: Tensor, target: str) -> Fusion | None:
+    """The fusion planner on a deployed module (graph.lower.fuse_model): epilogues folded into
+    our kernels, the rest compiled by TorchInductor. None, with a warning saying why, when the
+    target is not the CPU or the module cannot be exported."""
+    from ..graph.lower import fuse_model
+
+    if target != "cpu":
+        warnings.warn(f"fuse=True lowers for the CPU only; the {target} deployment runs unfused",
+                      RuntimeWarning, stacklevel=3)
+        return None
+    try:
+        return fuse_model(module, example_input)
+    except ValueError as err:  # graph.capture: torch.export could not trace the module
+        warnings.warn(f"fuse=True: {err}; the deployment runs unfused (the per-layer kernels "
+                      "are kept)", RuntimeWarning, stacklevel=3)
+        return None
+
+
 def deploy(
     model: nn.Module,
     example_input: Tensor,
@@ -121,11 +143,14 @@ def deploy(
     repeats: int = 20,
     rounds: int = 3,
     candidates: Iterable[str] | None = None,
+    fuse: bool = False,
 ) -> DeployedModel:
     """Pick the fastest measured kernel for every Conv2d/Linear of `model` (masked or baked) on
     `target`, with each layer's real input from one forward of `example_input`; `candidates`
     limits the registered kernels tried (dense is always measured). `model` is not changed:
-    the result holds a baked, eval-mode copy with the chosen layers replaced, and the plan."""
+    the result holds a baked, eval-mode copy with the chosen layers replaced, and the plan.
+    `fuse` then exports the deployed copy, plans its fusion and lowers it (`fuse_deployed`):
+    the result calls the fused module on inputs shaped like `example_input`."""
     device = target_device(target)
     if repeats < 1 or rounds < 1:
         raise ValueError(f"repeats and rounds must be >= 1, got {repeats} and {rounds}")
@@ -146,5 +171,10 @@ def deploy(
             replacements[name] = new
     for name, new in replacements.items():
         set_submodule(work, name, new)
-    return DeployedModel(work.eval(), plan, target, tuple(example_input.shape),
-                         {"repeats": repeats, "rounds": rounds})
+    settings: dict[str, Any] = {"repeats": repeats, "rounds": rounds}
+    fusion = None
+    if fuse:
+        settings["fuse"] = True
+        fusion = fuse_deployed(work.eval(), x, target)
+    return DeployedModel(work.eval(), plan, target, tuple(example_input.shape), settings,
+                         fusion=fusion)

@@ -1,6 +1,8 @@
 """A deployed model: the inference module plus the plan (per layer: candidates, timings,
 choice, reasons). Saved as `deploy.json` + a weights-only state file; loaded by rebuilding the
-chosen kernels by registry name from the source model, so loading never runs stored code."""
+chosen kernels by registry name from the source model, so loading never runs stored code.
+A deployment made with fuse=True also holds the fused module (graph/lower.py), saves its fusion
+plan and lowering report beside deploy.json, and fuses again on load."""
 
 from __future__ import annotations
 
@@ -41,8 +43,13 @@ class DeployedModel:
     example_input_shape: tuple[int, ...]
     settings: dict[str, Any] = field(default_factory=dict)
     machine: dict[str, Any] = field(default_factory=machine_info)
+    fusion: Any = None  # graph.lower.Fusion when deployed with fuse=True (and it could export)
 
     def __call__(self, x: Tensor) -> Tensor:
+        """The fused module on inputs shaped like the example (it was exported with static
+        shapes), else the per-layer module."""
+        if self.fusion is not None and tuple(x.shape) == self.example_input_shape:
+            return self.fusion.module(x)
         return self.module(x)
 
     def choices(self) -> dict[str, str]:
@@ -70,6 +77,8 @@ class DeployedModel:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         save_atomic(self.module.state_dict(), directory / STATE_FILE)
+        if self.fusion is not None:
+            self.fusion.save(directory)  # fusion_plan.json, lowering.json
         path = directory / PLAN_FILE
         path.write_text(json.dumps(self.to_json(), indent=2))
         return path
@@ -89,9 +98,14 @@ class DeployedModel:
                              f"{FORMAT_VERSION}; re-run `sparseforge deploy`")
         module = apply_plan(model, saved["layers"], saved["target"])
         _check_same_state(module.state_dict(), load_weights_only(directory / STATE_FILE), directory)
-        return cls(module.eval(), saved["layers"], saved["target"],
-                   tuple(saved["example_input_shape"]), saved.get("settings", {}),
-                   saved["machine"])
+        settings, shape = saved.get("settings", {}), tuple(saved["example_input_shape"])
+        fusion = None
+        if settings.get("fuse"):  # the fused module is compiled code: made again, never stored
+            from .deploy import fuse_deployed
+
+            fusion = fuse_deployed(module.eval(), torch.randn(shape), saved["target"])
+        return cls(module.eval(), saved["layers"], saved["target"], shape, settings,
+                   saved["machine"], fusion)
 
 
 def apply_plan(model: nn.Module, plan: list[dict[str, Any]], target: str) -> nn.Module:

@@ -1,0 +1,219 @@
+"""The fusion planner on CPU (issue 10, part 4): per model and batch, in one interleaved loop,
+eager, torch.compile (default and max-autotune) on the model, our deployment without the
+planner (eager and torch.compile) and with it (deploy(..., fuse=True): epilogues folded into our
+kernels, the rest through TorchInductor, with and without inductor's freezing). Models: a
+transformer-FFN stack (768 -> 3072 -> 768, relu, residual, x4) at 90% weight sparsity as BSR
+16x16 tiles and as unstructured CSR, and the demo CNN dense.
+
+    python benchmarks/fusion.py --out runs/fusion   # prints tables and plans, writes CSV
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from sparseforge.models import create_model
+from sparseforge.profile import machine_info
+from sparseforge.profile.latency import interleaved
+from sparseforge.runtime import CANDIDATES, DeployedModel, apply_plan, deploy
+from sparseforge.runtime.candidates import check
+from sparseforge.runtime.deploy import fuse_deployed
+from sparseforge.sparsity import schemes
+
+BATCHES = (1, 32)
+ROUNDS, REPEATS = 5, 10
+SPARSITY = 0.9
+ATOL = 1e-3  # every candidate's output vs eager, relative to the output's scale
+
+
+class FFN(nn.Module):
+    """x + fc2(relu(fc1(x))): a transformer FFN with its residual."""
+
+    def __init__(self, dim: int = 768, hidden: int = 3072) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+
+    def forward(self, x):  # (B, C)
+        return x + self.fc2(torch.relu(self.fc1(x)))
+
+
+def ffn_stack(scheme: str, depth: int = 4) -> nn.Module:
+    """`depth` FFN blocks, every weight masked by `scheme` ('block': 16x16 tiles, or
+    'unstructured') at SPARSITY, random scores; masks baked into the weights."""
+    torch.manual_seed(0)
+    model = nn.Sequential(*(FFN() for _ in range(depth)))
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Linear):
+                scores = torch.rand_like(m.weight)
+                mask = (schemes.block(scores, SPARSITY, block=(16, 16)) if scheme == "block"
+                        else schemes.unstructured(scores, SPARSITY))
+                m.weight.mul_(mask)
+    return model.eval()
+
+
+MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], tuple[str, ...]]] = {
+    # name -> (model, input shape without batch, deploy candidates)
+    "ffn_bsr90": (lambda: ffn_stack("block"), (768,), ("bsr16",)),
+    "ffn_csr90": (lambda: ffn_stack("unstructured"), (768,), ("csr",)),
+    "cnn_dense": (lambda: create_model("cnn", num_classes=10, in_channels=1).eval(), (1, 28, 28),
+                  ("bsr16", "csr")),
+}
+
+
+def deployment(model: nn.Module, x: torch.Tensor, kernels: tuple[str, ...]) -> DeployedModel:
+    """deploy() restricted to `kernels`; for a sparse model (its first kernel applies to every
+    layer) the layers are put on that kernel without measuring, so the comparison is about the
+    planner on a compressed deployment and not about a noisy per-layer choice on a shared
+    machine."""
+    layers = [n for n, m in model.named_modules() if isinstance(m, nn.Linear | nn.Conv2d)]
+    first = CANDIDATES.get(kernels[0])
+    if all(check(first, model.get_submodule(n), None, "cpu") is None for n in layers):
+        plan = [{"name": n, "choice": first.name} for n in layers]
+        return DeployedModel(apply_plan(model, plan, "cpu").eval(), plan, "cpu", tuple(x.shape))
+    return deploy(model, x, "cpu", repeats=5, rounds=2, candidates=kernels)
+
+
+def compiled(module: nn.Module, x: torch.Tensor, mode: str | None, budget_s: float):
+    """torch.compile(module, mode), compiled now; (callable, generated kernels, compile s), or
+    (None, reason) when it fails or exceeds `budget_s`."""
+    from torch._inductor import metrics
+
+    fn = torch.compile(module, mode=mode)
+    metrics.reset()
+    t0 = time.perf_counter()
+    try:
+        with torch.no_grad():
+            fn(x)
+    except Exception as err:  # a failed baseline is reported, not fatal
+        return None, f"{type(err).__name__}: {str(err).splitlines()[0][:80]}"
+    took = time.perf_counter() - t0
+    if took > budget_s:
+        return None, f"compile took {took:.0f} s (> {budget_s:.0f} s budget)"
+    return (fn, metrics.generated_kernel_count, took), ""
+
+
+def candidates(name: str, batch: int, max_autotune: bool, budget_s: float):
+    """{candidate: (callable, kernels)}, notes, the fusion (for its plan), eager reference."""
+    build, shape, kernels = MODELS[name]
+    torch._dynamo.reset()  # a fresh cache per model and batch: no recompile limit is reached
+    model = build()
+    x = torch.randn(batch, *shape)  # (B, ...)
+    fns: dict[str, tuple[Callable[[], object], object]] = {}
+    notes: list[str] = []
+    with torch.no_grad():
+        ref = model(x)
+    fns["eager"] = (lambda: model(x), "-")
+    for label, mode in (("compile", None), ("compile-max-autotune", "max-autotune")):
+        if mode == "max-autotune" and not max_autotune:
+            notes.append("max-autotune skipped (--no-max-autotune)")
+            continue
+        got, why = compiled(model, x, mode, budget_s)
+        if got is None:
+            notes.append(f"{label}: {why}")
+            continue
+        fn, count, _ = got
+        fns[label] = (lambda fn=fn: fn(x), count)
+    deployed = deployment(model, x, kernels)
+    choices = sorted(set(deployed.choices().values()))
+    fns["deploy"] = (lambda: deployed.module(x), "-")
+    got, why = compiled(deployed.module, x, None, budget_s)
+    if got is None:
+        notes.append(f"deploy+compile: {why}")
+    else:
+        fns["deploy+compile"] = (lambda fn=got[0]: fn(x), got[1])
+    fusion = None
+    for label, freezing in (("deploy+planner", True), ("deploy+planner-nofreeze", False)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            f = fuse_deployed(deployed.module, x, "cpu") if freezing else _fuse_nofreeze(deployed.module, x)
+        if f is None:
+            notes.append(f"{label}: the deployed model did not export")
+            continue
+        fusion = fusion or f
+        fns[label] = (lambda f=f: f.module(x), f.report.compile["generated_kernels"])
+    with torch.no_grad():
+        for label, (fn, _) in fns.items():
+            out = fn()
+            scale = max(1.0, float(ref.abs().max()))
+            torch.testing.assert_close(out, ref, rtol=0, atol=ATOL * scale, msg=lambda m, lb=label: f"{lb}: {m}")
+    return fns, notes, fusion, choices
+
+
+def _fuse_nofreeze(module: nn.Module, x: torch.Tensor):
+    from sparseforge.graph.lower import fuse_model
+
+    return fuse_model(module, x, freezing=False)
+
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path("runs/fusion"))
+    ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
+    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--batches", type=int, nargs="+", default=list(BATCHES))
+    ap.add_argument("--rounds", type=int, default=ROUNDS,
+                    help=f"interleaved rounds of {REPEATS} calls per candidate (default {ROUNDS})")
+    ap.add_argument("--no-max-autotune", action="store_true",
+                    help="skip torch.compile(mode='max-autotune') (slow to compile on CPU)")
+    ap.add_argument("--compile-budget", type=float, default=600.0,
+                    help="seconds a baseline may take to compile before it is dropped")
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
+    torch._inductor.config.fx_graph_cache = False  # a cache hit generates no kernel to count
+    torch._functorch.config.enable_autograd_cache = False
+    info = machine_info()
+    print(f"CPU: {info['cpu_model']} ({info['cpu_capability']}), torch {info['torch_version']}, "
+          f"threads {info['torch_threads']}, load {os.getloadavg()[0]:.2f} (1 min avg)")
+    rows, plans = [], {}
+    for name in args.models:
+        for batch in args.batches:
+            fns, notes, fusion, choices = candidates(name, batch, not args.no_max_autotune,
+                                                     args.compile_budget)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                t = {label: tm.median_ms for label, tm in interleaved(
+                    {label: fn for label, (fn, _) in fns.items()}, rounds=args.rounds, repeats=REPEATS).items()}
+            load = os.getloadavg()[0]
+            best_compile = min(t[k] for k in ("compile", "compile-max-autotune") if k in t)
+            unfused = min(t[k] for k in ("deploy", "deploy+compile") if k in t)
+            planner = min(t[k] for k in ("deploy+planner", "deploy+planner-nofreeze") if k in t)
+            print(f"\n{name}, batch {batch} (deploy chose {', '.join(choices)}; load {load:.2f})")
+            print(f"  {'candidate':24s} {'median ms':>10} {'vs eager':>9} {'kernels':>8}")
+            for label, (_, kernels) in fns.items():
+                print(f"  {label:24s} {t[label]:10.3f} {t['eager'] / t[label]:8.2f}x {kernels!s:>8}")
+                rows.append({"model": name, "batch": batch, "candidate": label, "median_ms": t[label],
+                             "inductor_kernels": kernels, "load": load})
+            print(f"  planner vs best unfused deploy: {unfused / planner:.2f}x; "
+                  f"planner vs best torch.compile: {best_compile / planner:.2f}x")
+            for note in notes:
+                print(f"  note: {note}")
+            if fusion is not None and name not in plans:
+                plans[name] = fusion.summary()
+    print()
+    for name, summary in plans.items():
+        print(f"plan of {name}:\n{summary}\n")
+    args.out.mkdir(parents=True, exist_ok=True)
+    with (args.out / "fusion.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"wrote {args.out / 'fusion.csv'}")
+
+
+if __name__ == "__main__":
+    main()

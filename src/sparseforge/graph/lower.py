@@ -1,0 +1,286 @@
+"""Lowering a fusion plan (fusion_plan.py) on CPU. A block seeded by one of our sparse linear
+kernels hands its epilogue to that kernel: an add of a tensor shaped like the kernel's output,
+then relu or gelu, in that order (the kernel computes act(x W^T + b + residual), see
+kernels/ops.py), becomes one call of the op with `residual` and `activation` set. Everything
+else (blocks of stock ops, what a kernel cannot take) is left to TorchInductor, which compiles
+the rewritten graph; TorchInductor treats our ops as opaque calls, so the epilogue would
+otherwise be a kernel of its own and one more trip through memory."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.utils._pytree as pytree
+from torch import fx, nn
+from torch.fx import Node
+
+from .fusion_plan import FusionPlan, plan_model
+from .optypes import op_name
+
+aten = torch.ops.aten
+# our ops whose C++ kernel applies the epilogue (activation, residual arguments)
+EPILOGUE_KERNELS = frozenset({"sparseforge::bsr_linear", "sparseforge::bcr_linear",
+                              "sparseforge::csr_linear"})
+
+
+def _activation(node: Node) -> str | None:
+    """The kernel's name for the activation `node` computes, None if it is not one."""
+    if node.target in (aten.relu.default, aten.relu_.default):
+        return "relu"
+    if node.target is aten.gelu.default:
+        approx = node.kwargs.get("approximate", node.args[1] if len(node.args) > 1 else "none")
+        return "gelu_tanh" if approx == "tanh" else "gelu"
+    return None
+
+
+def _like(a: Node, b: Node) -> bool:
+    """Same shape and dtype (the residual must be exactly the output's shape: no broadcast)."""
+    va, vb = a.meta.get("val"), b.meta.get("val")
+    return (isinstance(va, torch.Tensor) and isinstance(vb, torch.Tensor)
+            and tuple(va.shape) == tuple(vb.shape) and va.dtype == vb.dtype == torch.float32)
+
+
+def _only_user(node: Node, members: set[str]) -> Node | None:
+    users = list(node.users)
+    return users[0] if len(users) == 1 and users[0].name in members else None
+
+
+def _has_epilogue(node: Node) -> bool:
+    schema = node.target._schema
+    bound = dict(zip((a.name for a in schema.arguments), node.args, strict=False)) | dict(node.kwargs)
+    return bound.get("activation", "none") != "none" or bound.get("residual") is not None
+
+
+@dataclass
+class Lowered:
+    """One block folded into one kernel call."""
+
+    block: int
+    kernel: str
+    epilogue: list[str]  # e.g. ['add', 'relu']
+    nodes: list[str]  # the graph nodes it replaced (seed first)
+    left_to_inductor: list[str]  # ops of the block the kernel cannot take
+
+
+def lower_epilogues(gm: fx.GraphModule, plan: FusionPlan) -> list[Lowered]:
+    """Rewrite `gm` in place: in each block seeded by an EPILOGUE_KERNELS op, the seed's single
+    user chain [add(same-shaped tensor)] -> [relu | gelu] becomes the op's residual and
+    activation arguments. Returns what was lowered, block by block."""
+    nodes = {n.name: n for n in gm.graph.nodes}
+    done = []
+    for block in plan.blocks:
+        seed = nodes.get(block.seed)
+        if seed is None or op_name(seed.target) not in EPILOGUE_KERNELS or _has_epilogue(seed):
+            continue
+        members = set(block.nodes)
+        absorbed, epilogue, residual, activation = [seed], [], None, "none"
+        user = _only_user(seed, members)
+        if user is not None and user.target is aten.add.Tensor and user.kwargs.get("alpha", 1) == 1:
+            other = [a for a in user.args if a is not seed]
+            if len(user.args) == 2 and len(other) == 1 and isinstance(other[0], Node) and _like(other[0], seed):
+                residual = other[0]
+                absorbed.append(user)
+                epilogue.append("add")
+                user = _only_user(user, members)
+        if user is not None and (act := _activation(user)) is not None:
+            activation = act
+            absorbed.append(user)
+            epilogue.append(op_name(user.target))
+        last = absorbed[-1]
+        if last is not seed:
+            with gm.graph.inserting_before(last):
+                fused = gm.graph.call_function(
+                    seed.target, seed.args, {**seed.kwargs, "activation": activation, "residual": residual})
+            fused.meta = dict(last.meta)
+            last.replace_all_uses_with(fused)
+            for n in reversed(absorbed):
+                gm.graph.erase_node(n)
+        taken = {n.name for n in absorbed}
+        rest = [op for name, op in zip(block.nodes, block.ops, strict=True) if name not in taken and op != "getitem"]
+        done.append(Lowered(block.id, op_name(seed.target), epilogue, sorted(taken, key=block.nodes.index), rest))
+    gm.graph.lint()
+    gm.recompile()
+    return done
+
+
+def bind_kernels(gm: fx.GraphModule) -> dict[str, str]:
+    """Point every call of our sparse linears (float32, on the CPU) at the compiled C++ kernel
+    itself (`kernels.ops.bound_kernel`): the op's Python CPU impl, which picks the ISA variant
+    on each call, is skipped. Returns {node: kernel}; a kernel that does not build here is
+    left unbound (its op falls back as usual)."""
+    from ..kernels import extension, ops
+
+    bound = {}
+    for node in gm.graph.nodes:
+        name = op_name(node.target) if node.op == "call_function" else ""
+        if name not in EPILOGUE_KERNELS:
+            continue
+        val = node.meta.get("val")
+        short = name.partition("::")[2]
+        if not (isinstance(val, torch.Tensor) and val.device.type == "cpu" and val.dtype == torch.float32):
+            continue
+        if not extension.kernel_available(short):
+            continue
+        node.target = ops.bound_kernel(short)
+        bound[node.name] = op_name(node.target)
+    gm.recompile()
+    return bound
+
+
+@dataclass
+class LoweringReport:
+    """What went into our kernels, what went to TorchInductor, and how it was compiled."""
+
+    lowered: list[Lowered]
+    to_inductor: list[dict[str, Any]]  # block id, ops, why
+    compile: dict[str, Any] = field(default_factory=dict)  # backend, mode, freezing, kernels
+    bound: dict[str, str] = field(default_factory=dict)  # node -> C++ kernel it calls
+
+    def summary(self) -> str:
+        folded = [lo for lo in self.lowered if lo.epilogue]
+        kernels = sorted(set(self.bound.values()))
+        lines = [f"{len(folded)} epilogues folded into our kernels, {len(self.to_inductor)} blocks to "
+                 f"TorchInductor ({self.compile or 'not compiled'}); calls bound to "
+                 f"{', '.join(kernels) or 'no C++ kernel'}"]
+        for lo in self.lowered:
+            epi = " + ".join(lo.epilogue) if lo.epilogue else "none"
+            rest = f"; to inductor: {', '.join(lo.left_to_inductor)}" if lo.left_to_inductor else ""
+            lines.append(f"  [{lo.block}] {lo.kernel} epilogue: {epi}{rest}")
+        for b in self.to_inductor:
+            lines.append(f"  [{b['block']}] inductor: {' -> '.join(b['ops'])} ({b['why']})")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"lowered": [asdict(lo) for lo in self.lowered], "to_inductor": self.to_inductor,
+                "compile": self.compile, "bound": self.bound}
+
+
+def _to_inductor(plan: FusionPlan, lowered: list[Lowered]) -> list[dict[str, Any]]:
+    ours = {lo.block for lo in lowered}
+    out = []
+    for b in plan.blocks:
+        if b.id in ours:
+            continue
+        custom = [op for op in b.ops if "::" in op]
+        why = (f"{custom[0]} takes no epilogue" if custom else
+               "opaque op" if b.kind == "Opaque" else "stock ops")
+        out.append({"block": b.id, "ops": [op for op in b.ops if op != "getitem"] or b.ops, "why": why})
+    return out
+
+
+def flat_graph(gm: fx.GraphModule) -> tuple[fx.GraphModule, Any, Any]:
+    """The exported module's graph as a plain function of its flat tensor inputs returning a
+    tuple: its input-shape check (`_guards_fn`, the example's static shapes) and pytree
+    (un)flattening dropped, as FusedModule does those once; returns it with the in/out specs.
+    (Those wrappers and torch.compile's own guards cost more than the kernels' epilogues at
+    batch 1: see benchmarks/fusion.py.)"""
+    info = gm.graph._codegen.pytree_info if hasattr(gm.graph._codegen, "pytree_info") else None
+    graph = copy.deepcopy(gm.graph)
+    for node in list(graph.nodes):
+        if node.op == "call_module" and node.target == "_guards_fn":
+            graph.erase_node(node)
+    graph._codegen = fx.graph.CodeGen()
+    flat = fx.GraphModule(gm, graph)
+    flat.graph.eliminate_dead_code()
+    flat.recompile()
+    return flat, (info.in_spec if info else None), (info.out_spec if info else None)
+
+
+def compile_inductor(flat: fx.GraphModule, example: list[torch.Tensor], *, freezing: bool = True,
+                     mode: str | None = None) -> tuple[Callable[..., Any], dict[str, Any]]:
+    """TorchInductor (compile_fx: no Dynamo frame, so no guards to check per call) on the flat
+    graph for the flat `example` inputs, compiled now under no_grad; returns the callable and
+    its settings with the number of kernels inductor generated. `freezing` folds the weights
+    into the compiled graph as constants (inference only); `mode` is torch.compile's (e.g.
+    'max-autotune')."""
+    from torch._inductor import config, metrics
+    from torch._inductor.compile_fx import compile_fx
+
+    # size_asserts: no per-call check of every input's and extern output's size and stride
+    # (FusedModule checks the input shapes once; our ops' fake impls are opcheck-tested)
+    patches: dict[str, Any] = {"freezing": freezing, "size_asserts": False}
+    if mode == "max-autotune":
+        patches.update(max_autotune=True)
+    elif mode not in (None, "default"):
+        raise ValueError(f"mode must be None, 'default' or 'max-autotune', got {mode!r}")
+    metrics.reset()
+    with torch.no_grad(), config.patch(patches):
+        compiled = compile_fx(flat, list(example))
+        compiled(*example)
+    info = {"backend": "inductor", "mode": mode or "default", "freezing": freezing,
+            "generated_kernels": metrics.generated_kernel_count}
+    return compiled, info
+
+
+class FusedModule:
+    """The lowered graph (`graph_module`, flat inputs) and its compiled form: call it like the
+    model, in inference, on inputs shaped like the example it was exported on (static
+    shapes; other shapes raise)."""
+
+    def __init__(self, graph_module: fx.GraphModule, compiled: Callable[..., Any] | None,
+                 in_spec: Any, out_spec: Any, shapes: list[tuple[int, ...]]) -> None:
+        self.graph_module, self.compiled = graph_module, compiled
+        self.in_spec, self.out_spec, self.shapes = in_spec, out_spec, shapes
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if not kwargs and all(isinstance(a, torch.Tensor) for a in args):
+            flat = list(args)  # the common case, without pytree's cost
+        else:
+            flat, spec = pytree.tree_flatten((args, kwargs))
+            if self.in_spec is not None and spec != self.in_spec:
+                raise ValueError(f"the fused module takes inputs like its example ({self.in_spec})")
+        if [tuple(t.shape) for t in flat] != self.shapes:
+            raise ValueError(f"the fused module was lowered for input shapes {self.shapes}, got "
+                             f"{[tuple(t.shape) for t in flat]}; lower again for these shapes")
+        with torch.no_grad():
+            out = (self.graph_module if self.compiled is None else self.compiled)(*flat)
+        return pytree.tree_unflatten(list(out), self.out_spec) if self.out_spec is not None else out
+
+
+@dataclass
+class Fusion:
+    """`module` (the fused, compiled callable), the plan it follows and the lowering report."""
+
+    module: FusedModule
+    plan: FusionPlan
+    report: LoweringReport
+
+    def save(self, directory: str | Path) -> Path:
+        """fusion_plan.json (the plan, see FusionPlan.save) and lowering.json in `directory`."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "lowering.json").write_text(json.dumps(self.report.to_json(), indent=2))
+        return self.plan.save(directory / "fusion_plan.json")
+
+    def summary(self) -> str:
+        return f"{self.plan.summary()}\n{self.report.summary()}"
+
+
+def lower(gm: fx.GraphModule, plan: FusionPlan, example: torch.Tensor | tuple, *,
+          compile: bool = True, freezing: bool = True, mode: str | None = None) -> Fusion:
+    """Fold the epilogues of our kernels' blocks (`lower_epilogues`, in place on `gm`), call the
+    C++ kernels directly (`bind_kernels`), then hand the graph to TorchInductor (`compile_inductor`; compile=False keeps the rewritten
+    graph module, run eagerly)."""
+    example = example if isinstance(example, tuple) else (example,)
+    lowered = lower_epilogues(gm, plan)
+    report = LoweringReport(lowered, _to_inductor(plan, lowered), bound=bind_kernels(gm))
+    flat, in_spec, out_spec = flat_graph(gm)
+    inputs = pytree.tree_leaves((example, {}))
+    compiled = None
+    if compile:
+        compiled, report.compile = compile_inductor(flat, inputs, freezing=freezing, mode=mode)
+    module = FusedModule(flat, compiled, in_spec, out_spec, [tuple(t.shape) for t in inputs])
+    return Fusion(module, plan, report)
+
+
+def fuse_model(model: nn.Module, example: torch.Tensor | tuple, **kwargs: Any) -> Fusion:
+    """Export `model` on `example`, plan its fusion and lower it (see `lower`): the planner's
+    path from a module to a fused callable for inputs shaped like `example`."""
+    plan, gm = plan_model(model, example)
+    return lower(gm, plan, example, **kwargs)

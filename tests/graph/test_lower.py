@@ -1,0 +1,139 @@
+"""Lowering a fusion plan: the epilogues our sparse kernels can take (add of a same-shaped tensor,
+then relu / gelu) become one kernel call each, what they cannot take stays in the graph for
+TorchInductor, and the lowered module equals the unlowered graph on random inputs."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sparseforge.graph.fusion_plan import plan_model
+from sparseforge.graph.lower import fuse_model, lower
+from sparseforge.kernels import extension
+
+FORMATS = ("bsr", "bcr", "csr")
+aten = torch.ops.aten
+
+
+def sparse(n_in: int, n_out: int, fmt: str, seed: int) -> nn.Module:
+    """A SparseLinear (fmt) whose weight keeps every other 4x4 tile (BSR/BCR/CSR-shaped)."""
+    from sparseforge.kernels import SparseLinear
+
+    torch.manual_seed(seed)
+    lin = nn.Linear(n_in, n_out)
+    with torch.no_grad():
+        keep = (torch.arange(n_out)[:, None] // 4 + torch.arange(n_in) // 4) % 2 == 0
+        lin.weight.mul_(keep)
+    return SparseLinear.from_linear(lin, (4, 4), format=fmt)
+
+
+class ResidualMLP(nn.Module):
+    """x -> relu(fc(x) + x) twice, then a head: the residual add before the activation."""
+
+    def __init__(self, fmt: str, width: int = 32) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = sparse(width, width, fmt, 0), sparse(width, width, fmt, 1)
+        self.head = sparse(width, 10, fmt, 2)
+
+    def forward(self, x):  # (B, W)
+        x = torch.relu(self.fc1(x) + x)
+        x = torch.relu(x + self.fc2(x))  # the residual on the left
+        return self.head(x)
+
+
+class FFNBlock(nn.Module):
+    """A transformer FFN: x + fc2(gelu(fc1(layer_norm(x)))), over (B, T, C)."""
+
+    def __init__(self, fmt: str, approximate: str = "none", dim: int = 24, hidden: int = 64) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.fc1, self.fc2 = sparse(dim, hidden, fmt, 3), sparse(hidden, dim, fmt, 4)
+        self.approximate = approximate
+
+    def forward(self, x):  # (B, T, C)
+        return x + self.fc2(F.gelu(self.fc1(self.norm(x)), approximate=self.approximate))
+
+
+def _ops(gm: torch.fx.GraphModule) -> list[str]:
+    return [str(n.target) for n in gm.graph.nodes if n.op == "call_function"]
+
+
+def check_equal(model: nn.Module, x: torch.Tensor, **kwargs):
+    model.eval()
+    plan, gm = plan_model(model, x)
+    with torch.no_grad():
+        before = gm(x)
+    fusion = lower(gm, plan, x, **kwargs)
+    with torch.no_grad():
+        torch.testing.assert_close(fusion.module(x), before)
+        for _ in range(3):
+            z = torch.randn_like(x)
+            torch.testing.assert_close(fusion.module(z), model(z), rtol=1e-5, atol=1e-5)
+    return fusion
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_residual_mlp_epilogues_fold_into_the_kernels(fmt):
+    fusion = check_equal(ResidualMLP(fmt), torch.randn(3, 32), compile=False)
+    assert [lo.epilogue for lo in fusion.report.lowered] == [["add", "relu"], ["add", "relu"], []]
+    ops = _ops(fusion.module.graph_module)
+    assert not any("aten.add" in o or "aten.relu" in o for o in ops)
+    bound = f"sparseforge._{fmt}_linear_{extension.best_isa()}.default"  # the C++ kernel itself
+    assert ops == [bound] * 3
+    assert set(fusion.report.bound.values()) == {f"sparseforge::_{fmt}_linear_{extension.best_isa()}"}
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_ffn_block_takes_gelu_and_the_residual_and_leaves_the_norm_to_inductor(fmt, approximate):
+    fusion = check_equal(FFNBlock(fmt, approximate), torch.randn(2, 5, 24), compile=False)
+    assert [lo.epilogue for lo in fusion.report.lowered] == [["gelu"], ["add"]]
+    calls = [n for n in fusion.module.graph_module.graph.nodes if "sparseforge" in str(n.target)]
+    assert calls[0].kwargs["activation"] == ("gelu_tanh" if approximate == "tanh" else "gelu")
+    assert calls[1].kwargs["residual"] is not None
+    assert any(b["ops"] == ["layer_norm"] for b in fusion.report.to_inductor)
+
+
+def test_compiled_with_inductor_equals_the_graph_and_counts_its_kernels():
+    model = nn.Sequential(FFNBlock("csr"), nn.ReLU(), FFNBlock("bsr")).eval()
+    fusion = check_equal(model, torch.randn(1, 4, 24))
+    assert fusion.report.compile["backend"] == "inductor" and fusion.report.compile["freezing"]
+    assert fusion.report.compile["generated_kernels"] >= 1  # the layer norms
+    assert "epilogues folded" in fusion.summary()
+
+
+class Unsupported(nn.Module):
+    """What the kernel cannot take: an add after the activation, a broadcast add, an output with
+    two users, an activation it does not have."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c, self.d = (sparse(16, 16, "csr", i) for i in range(4))
+
+    def forward(self, x):  # (B, 16)
+        x = x + torch.relu(self.a(x))  # relu folds, the add after it does not
+        x = self.b(x) + x[:1]  # broadcast over the batch: not the output's shape
+        y = self.c(x)
+        x = torch.relu(y) + y  # y has two users
+        return torch.sigmoid(self.d(x))
+
+
+def test_what_the_kernel_cannot_take_is_left_to_inductor():
+    fusion = check_equal(Unsupported(), torch.randn(3, 16), compile=False)
+    assert [lo.epilogue for lo in fusion.report.lowered] == [["relu"], [], [], []]
+    assert fusion.report.lowered[0].left_to_inductor == ["add"]
+    assert fusion.report.lowered[3].left_to_inductor == ["sigmoid"]
+
+
+def test_a_dense_model_goes_to_inductor_whole():
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    fusion = fuse_model(model.eval(), torch.randn(2, 8), compile=False)
+    assert fusion.report.lowered == []
+    assert all(b["why"] == "stock ops" for b in fusion.report.to_inductor)
+
+
+def test_lowering_is_saved_with_the_plan(tmp_path):
+    fusion = fuse_model(ResidualMLP("bsr").eval(), torch.randn(2, 32), compile=False)
+    fusion.save(tmp_path)
+    assert (tmp_path / "fusion_plan.json").is_file() and (tmp_path / "lowering.json").is_file()
+    assert '"epilogue": [' in (tmp_path / "lowering.json").read_text()
