@@ -79,6 +79,11 @@ def load_run(run_dir: str | Path) -> tuple[Recipe, DatasetSplits, nn.Module]:
     recipe = load_recipe(recipe_path)
     splits = load_splits(recipe)
     model = build_model(recipe, splits, initial_weights=False)
+    for cfg in recipe.modifiers:  # wrapped convs carry their tile masks in the state dict
+        if cfg.type == "semi_structured_activation":
+            from .algorithms.act_semi_structured import wrap_model
+
+            wrap_model(model, cfg, seed=recipe.train.seed)
     if recipe.structured is not None:  # channels were removed: rebuild that shape first
         from .algorithms.channel import rebuild
 
