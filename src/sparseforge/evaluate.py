@@ -79,11 +79,10 @@ def load_run(run_dir: str | Path) -> tuple[Recipe, DatasetSplits, nn.Module]:
     recipe = load_recipe(recipe_path)
     splits = load_splits(recipe)
     model = build_model(recipe, splits, initial_weights=False)
-    for cfg in recipe.modifiers:  # wrapped convs carry their tile masks in the state dict
-        if cfg.type == "semi_structured_activation":
-            from .algorithms.act_semi_structured import wrap_model
+    from .algorithms import MODIFIERS
 
-            wrap_model(model, cfg, seed=recipe.train.seed)
+    for cfg in recipe.modifiers:  # modifiers that swap modules (FATReLU, tile-masked convs)
+        MODIFIERS.get(cfg.type).build.rebuild(model, cfg, recipe.train.seed)
     if recipe.structured is not None:  # channels were removed: rebuild that shape first
         from .algorithms.channel import rebuild
 

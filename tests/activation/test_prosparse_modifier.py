@@ -60,3 +60,19 @@ def test_prosparse_recipe_fails_loudly():
     no_site = {"modifiers": [{"type": "prosparse", "schedule": SCHEDULE}]}
     with pytest.raises(ValueError, match="no FFN activation site"):
         Session(mlp(), no_site)
+
+
+def test_a_prosparse_run_reloads_and_resumes_with_its_fatrelus(make_recipe, tmp_path):
+    from sparseforge.evaluate import load_run
+    from sparseforge.trainer import build_loop, train as train_run
+
+    recipe = make_recipe(
+        train={"epochs": 1},
+        modifiers=[{"type": "prosparse", "patterns": ["classifier"], "schedule": SCHEDULE}],
+    )
+    run = train_run(recipe, tmp_path / "run", progress=False)
+    _, _, model = load_run(run)
+    assert [n for n, m in model.named_modules() if isinstance(m, FATReLU)] == ["classifier.relu"]
+    # a resumed run builds its loop without on_start: the FATReLUs must be there already
+    loop, _, _ = build_loop(load_run(run)[0], tmp_path / "resumed", resume=True)
+    assert any(isinstance(m, FATReLU) for m in loop.model.modules())

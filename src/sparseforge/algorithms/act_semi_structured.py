@@ -123,6 +123,10 @@ class SemiStructuredActivation(Modifier):
         self.current = 0.0
         self.frozen = False
 
+    @staticmethod
+    def rebuild(model: nn.Module, config: SemiStructuredActivationConfig, seed: int) -> None:
+        wrap_model(model, config, seed=seed)
+
     def _update_due(self, step: int) -> bool:
         if self.frozen or step < self.start or step > self.end:
             return False

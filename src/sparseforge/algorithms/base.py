@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..registry import Registry
 
@@ -22,6 +22,12 @@ class Modifier:
 
     def __init__(self, config: BaseModel, session: Session) -> None:
         self.config = config
+
+    @staticmethod
+    def rebuild(model: nn.Module, config: BaseModel, seed: int) -> None:
+        """Change `model`'s modules the way this modifier does when it is built (a state dict
+        holds tensors, not modules): how a saved run's model is rebuilt before loading.
+        Default: the modifier changes no modules."""
 
     def on_start(self, session: Session) -> None:
         """Once, before the first training step (not again on resume)."""

@@ -34,17 +34,16 @@ class ProSparse(Modifier):
     def __init__(self, config: ProSparseConfig, session) -> None:
         super().__init__(config, session)
         self.schedule = config.schedule.scaled(session.steps_per_epoch)
-        self.sites: list[str] = []
-        self.collector: L1Collector | None = None
+        # at build time, not on_start: a resumed run (no on_start) needs its FATReLUs too
+        self.sites = substitute_activations(session.model, config.patterns, threshold=config.threshold)
+        modules = fatrelu_modules(session.model)
+        self.collector: L1Collector | None = L1Collector({name: modules[name] for name in self.sites})
         self.current_lambda = 0.0
         self.last_l1 = 0.0
 
-    def on_start(self, session) -> None:
-        self.sites = substitute_activations(
-            session.model, self.config.patterns, threshold=self.config.threshold
-        )
-        modules = fatrelu_modules(session.model)
-        self.collector = L1Collector({name: modules[name] for name in self.sites})
+    @staticmethod
+    def rebuild(model, config: ProSparseConfig, seed: int) -> None:
+        substitute_activations(model, config.patterns, threshold=config.threshold)
 
     def loss(self, session):
         l1 = self.collector.pop() if self.collector is not None else None
