@@ -126,6 +126,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--lambdas", type=float, nargs="+", default=[0.01, 0.03, 0.1])
     ap.add_argument("--tolerance", type=float, default=0.02, help="relative val perplexity increase allowed by the threshold")
+    ap.add_argument("--max-threshold", type=float, default=1.0, help="bisection range of the FATReLU threshold")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -168,7 +169,7 @@ def main() -> None:
     collector.remove()
     theta0_ppl, theta0_sparsity = perplexity(sparse, val), sparsity(sparse, val, "zero")
     search = search_threshold(fatrelu_modules(sparse), lambda: perplexity(sparse, val) / theta0_ppl - 1,
-                              args.tolerance, high=0.5, iterations=6)
+                              args.tolerance, high=args.max_threshold, iterations=7)
     final_ppl, final_sparsity = perplexity(sparse, test), sparsity(sparse, test, "zero")
     log(f"ReLU substituted, before training: test ppl {relu_ppl:.2f}")
     log(f"ProSparse: theta 0: val ppl {theta0_ppl:.2f}, sparsity {theta0_sparsity:.1%}; "
