@@ -129,6 +129,20 @@ def measure(
     return column, flops, baked
 
 
+def activation_sparsity(model: nn.Module, splits: DatasetSplits, n: int = 1000) -> dict[str, Any] | None:
+    """Exact zeros at each FATReLU (ProSparse) output over the first `n` test examples, per
+    layer and overall; None for a model without FATReLU."""
+    from .activation import fatrelu_modules, measure_activation_sparsity
+
+    modules = fatrelu_modules(model)
+    if not modules:
+        return None
+    x = splits.test.tensors[0][:n]
+    model.eval()
+    with torch.no_grad():
+        return measure_activation_sparsity(modules, x.split(250), model).as_dict()
+
+
 def write_summary(
     run_dir: Path,
     recipe: Recipe,
@@ -168,6 +182,9 @@ def write_summary(
         "compressed": compressed,
         "layers": layers,
     }
+    activations = activation_sparsity(model, splits)
+    if activations is not None:
+        summary["activation_sparsity"] = activations
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     (run_dir / "recipe.yaml").write_text(dump_recipe(recipe))
     return summary

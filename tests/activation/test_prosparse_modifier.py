@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -5,7 +7,10 @@ from torch import nn
 
 from sparseforge import Session
 from sparseforge.activation import FATReLU, measure_activation_sparsity, substitute_activations
+from sparseforge.evaluate import load_run
 from sparseforge.recipe import RecipeError
+from sparseforge.trainer import build_loop
+from sparseforge.trainer import train as train_run
 
 SCHEDULE = {"lambdas": [2.0, 8.0], "starts": [0, 1], "warmups": [1, 1]}  # epochs
 
@@ -63,14 +68,16 @@ def test_prosparse_recipe_fails_loudly():
 
 
 def test_a_prosparse_run_reloads_and_resumes_with_its_fatrelus(make_recipe, tmp_path):
-    from sparseforge.evaluate import load_run
-    from sparseforge.trainer import build_loop, train as train_run
-
     recipe = make_recipe(
         train={"epochs": 1},
         modifiers=[{"type": "prosparse", "patterns": ["classifier"], "schedule": SCHEDULE}],
     )
     run = train_run(recipe, tmp_path / "run", progress=False)
+    measured = json.loads((run / "summary.json").read_text())["activation_sparsity"]
+    assert [la["name"] for la in measured["layers"]] == ["classifier.relu"]
+    assert 0 < measured["overall"] < 1 and measured["layers"][0]["total"] > 0
+    assert "## Activation sparsity" in (run / "report.md").read_text()
+    assert (run / "plots" / "activation_sparsity.png").is_file()
     _, _, model = load_run(run)
     assert [n for n, m in model.named_modules() if isinstance(m, FATReLU)] == ["classifier.relu"]
     # a resumed run builds its loop without on_start: the FATReLUs must be there already

@@ -160,6 +160,22 @@ def structure_blocks(plan: Mapping[str, Any]) -> list:
     return blocks
 
 
+def activation_blocks(measured: Mapping[str, Any], path: Path) -> list:
+    """Heading, per-layer table and plot of the FFN activation sparsity (exact zeros)."""
+    from ..activation.measure import ActivationSparsity, LayerSparsity, plot_activation_sparsity
+
+    layers = [LayerSparsity(la["name"], la["zeros"], la["total"]) for la in measured["layers"]]
+    plot = plot_activation_sparsity({"test set": ActivationSparsity(layers)}, path)
+    rows = tuple((la["name"], fmt.percent(la["sparsity"])) for la in measured["layers"])
+    return [
+        Heading("Activation sparsity"),
+        Paragraph(f"Exact zeros at the FATReLU outputs over test examples: "
+                  f"{fmt.percent(measured['overall'])} overall."),
+        Table(("activation", "zeros"), (*rows, ("overall", fmt.percent(measured["overall"])))),
+        Image(plot, "Activation sparsity per layer"),
+    ]
+
+
 def write_report(run_dir: Path) -> Path:
     """Render run_dir/report.md (images linked from run_dir/plots/) and a self-contained
     run_dir/report.html; returns the HTML path."""
@@ -186,6 +202,8 @@ def write_report(run_dir: Path) -> Path:
     if layers:
         plot = plot_layer_sparsity(layers, run_dir / "plots" / "layer_sparsity.png")
         doc.blocks += [Heading("Layers"), layer_table(layers), Image(plot, "Sparsity per layer")]
+    if summary.get("activation_sparsity"):
+        doc.blocks += activation_blocks(summary["activation_sparsity"], run_dir / "plots" / "activation_sparsity.png")
     if metrics:
         plot = plot_training_curves(metrics, run_dir / "plots" / "training_curves.png")
         doc.blocks += [Heading("Training"), Image(plot, "Training curves")]
