@@ -4,7 +4,6 @@ model's outputs do not change."""
 import pytest
 import torch
 from torch import nn
-from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
 
 from sparseforge.activation.deploy import deploy_activation_sparse
 from sparseforge.activation.relu import substitute_activations
@@ -24,21 +23,18 @@ def _check(model: nn.Module, x: torch.Tensor, **kwargs) -> None:
     return report
 
 
-def test_bert_down_projections_skip_zero_activations():
-    torch.manual_seed(0)
-    model = BertModel(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64))
+def test_bert_down_projections_skip_zero_activations(tiny_bert):
+    model = tiny_bert()
     substitute_activations(model, threshold=0.05)
-    report = _check(model, torch.randint(0, 100, (2, 7)))
+    report = _check(model, torch.randint(0, 40, (2, 7)))
     assert report.replaced == ["encoder.layer.0.output.dense", "encoder.layer.1.output.dense"]
     assert isinstance(model.encoder.layer[1].output.dense, SparseInputLinear)
 
 
-def test_llama_mlps_become_relu_gated_ffns():
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                         num_key_value_heads=2, intermediate_size=64, vocab_size=50))
+def test_llama_mlps_become_relu_gated_ffns(tiny_llama):
+    model = tiny_llama()
     substitute_activations(model)
-    report = _check(model, torch.randint(0, 50, (1, 6)), use_cache=False)
+    report = _check(model, torch.randint(0, 40, (1, 6)), use_cache=False)
     assert report.replaced == ["model.layers.0.mlp", "model.layers.1.mlp"]
     assert isinstance(model.model.layers[0].mlp, ReluGatedFFN)
 

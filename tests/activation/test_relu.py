@@ -2,7 +2,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
 
 from sparseforge.activation import (
     FATReLU,
@@ -10,34 +9,6 @@ from sparseforge.activation import (
     set_threshold,
     substitute_activations,
 )
-
-
-def tiny_bert(seed=0):
-    torch.manual_seed(seed)
-    cfg = BertConfig(
-        vocab_size=40,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=16,
-        hidden_act="gelu",
-    )
-    return BertModel(cfg).eval()
-
-
-def tiny_llama(seed=0):
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=40,
-        hidden_size=16,
-        intermediate_size=24,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=16,
-    )
-    return LlamaForCausalLM(cfg).eval()
 
 
 class Block(nn.Module):
@@ -53,7 +24,7 @@ def test_fatrelu_threshold_semantics():
     assert torch.equal(FATReLU(0.1)(x), torch.tensor([0.0, 0.0, 0.0, 0.1, 0.2]))
 
 
-def test_bert_substitution_replaces_intermediate_act():
+def test_bert_substitution_replaces_intermediate_act(tiny_bert):
     model = tiny_bert()
     names = substitute_activations(model)
     assert names == [f"encoder.layer.{i}.intermediate.intermediate_act_fn" for i in range(2)]
@@ -64,7 +35,7 @@ def test_bert_substitution_replaces_intermediate_act():
     assert (model(torch.randint(0, 40, (2, 5))).last_hidden_state.isfinite()).all()
 
 
-def test_llama_substitution_keeps_gate_structure():
+def test_llama_substitution_keeps_gate_structure(tiny_llama):
     model = tiny_llama()
     names = substitute_activations(model)
     assert names == [f"model.layers.{i}.mlp.act_fn" for i in range(2)]

@@ -2,7 +2,6 @@ import copy
 
 import pytest
 import torch
-from transformers import BertConfig, BertModel
 
 from sparseforge.activation import SineStages, substitute_activations
 from sparseforge.activation.train_embedder import CHECKPOINT, DistillConfig, distill_prosparse
@@ -19,20 +18,17 @@ def encode(texts):
     return {"input_ids": input_ids, "attention_mask": mask}
 
 
-def models(seed=0):
-    torch.manual_seed(seed)
-    cfg = BertConfig(
-        vocab_size=40,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=16,
-    )
-    teacher = BertModel(cfg).eval()
-    student = copy.deepcopy(teacher)
-    substitute_activations(student)
-    return student, teacher
+@pytest.fixture
+def models(tiny_bert):
+    """models(): (student with FATReLU, teacher), the same tiny BERT."""
+
+    def make(seed: int = 0):
+        teacher = tiny_bert(seed)
+        student = copy.deepcopy(teacher)
+        substitute_activations(student)
+        return student, teacher
+
+    return make
 
 
 CONFIG = DistillConfig(
@@ -49,7 +45,7 @@ class Killed(Exception):
     pass
 
 
-def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path, models):
     student, teacher = models()
     full = distill_prosparse(
         student, teacher, encode, SENTENCES, CONFIG, tmp_path / "a", log=lambda m: None
@@ -91,7 +87,7 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     assert history[-1]["loss"] == pytest.approx(full[-1]["loss"], rel=1e-5)
 
 
-def test_training_moves_student_towards_teacher_and_other_config_refuses_resume(tmp_path):
+def test_training_moves_student_towards_teacher_and_other_config_refuses_resume(tmp_path, models):
     student, teacher = models()
     config = CONFIG.model_copy(update={"steps": 30, "log_every": 10, "checkpoint_every": 30})
     history = distill_prosparse(
@@ -103,7 +99,7 @@ def test_training_moves_student_towards_teacher_and_other_config_refuses_resume(
         distill_prosparse(student, teacher, encode, SENTENCES, other, tmp_path, log=lambda m: None)
 
 
-def test_nan_stops_with_a_message_and_unsubstituted_student_is_refused(tmp_path):
+def test_nan_stops_with_a_message_and_unsubstituted_student_is_refused(tmp_path, models):
     student, teacher = models()
     with torch.no_grad():
         teacher.encoder.layer[0].output.dense.weight.fill_(float("nan"))
