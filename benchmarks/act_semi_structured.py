@@ -15,7 +15,6 @@ runs on the calling thread, so CPU time is the compute time.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import statistics
 import time
@@ -28,6 +27,7 @@ from sparseforge.activation.im2col_tiles import semi_structured_conv2d_reference
 from sparseforge.activation.semi_structured import SemiStructuredConv2d
 from sparseforge.profile import machine_info
 from sparseforge.profile.latency import interleaved
+from sparseforge.profile.rows import write_csv
 
 # name -> (in, out, input side, stride); 3x3 convs, padding 1
 LAYERS = {
@@ -144,14 +144,9 @@ def main() -> None:
                       f"{r['skip_cpu_ms']:>9.3f} {r['speedup']:>7.2f} {r['ideal']:>5.2f} "
                       f"{r['dense_ms']:>10.3f} {r['skip_ms']:>9.3f} {r['wall_speedup']:>6.2f}",
                       flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "act_semi_structured.csv"
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) + ["load_avg"])
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({**r, "load_avg": round(os.getloadavg()[0], 2)})
-    print(f"# wrote {path}; load avg at end {os.getloadavg()[0]:.2f}")
+    load = round(os.getloadavg()[0], 2)
+    path = write_csv([{**r, "load_avg": load} for r in rows], args.out / "act_semi_structured.csv")
+    print(f"# wrote {path}; load avg at end {load:.2f}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ tokens share no active neurons beyond chance).
 from __future__ import annotations
 
 import argparse
-import csv
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +25,7 @@ from sparseforge.kernels import ops
 from sparseforge.kernels.extension import kernel_available
 from sparseforge.profile import machine_info
 from sparseforge.profile.latency import interleaved
+from sparseforge.profile.rows import write_csv
 
 SHAPES = ((384, 1536), (4096, 11008))  # (hidden H, intermediate I): down projection I -> H
 FFN_SHAPE = (4096, 11008)  # the gated FFN rows
@@ -154,13 +154,7 @@ def main() -> None:
             for s in (s for s in args.sparsities if s >= 0.5):
                 for batch in args.batches:
                     rows.append(ffn_row(*FFN_SHAPE, s, batch, g))
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "activation_sparsity.csv"
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    print(f"wrote {path}")
+    print(f"wrote {write_csv(rows, args.out / 'activation_sparsity.csv')}")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ transformer-FFN stack (768 -> 3072 -> 768, relu, residual, x4) at 90% weight spa
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import time
 import warnings
@@ -24,6 +23,7 @@ from torch import nn
 from sparseforge.models import create_model
 from sparseforge.profile import machine_info
 from sparseforge.profile.latency import interleaved
+from sparseforge.profile.rows import write_csv
 from sparseforge.runtime import CANDIDATES, DeployedModel, apply_plan, deploy
 from sparseforge.runtime.candidates import check
 from sparseforge.runtime.deploy import fuse_deployed
@@ -207,12 +207,7 @@ def main() -> None:
     print()
     for name, summary in plans.items():
         print(f"plan of {name}:\n{summary}\n")
-    args.out.mkdir(parents=True, exist_ok=True)
-    with (args.out / "fusion.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    print(f"wrote {args.out / 'fusion.csv'}")
+    print(f"wrote {write_csv(rows, args.out / 'fusion.csv')}")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ happens when the flag is missing), and torchao `quantize_` int8 dynamic (linears
 from __future__ import annotations
 
 import argparse
-import csv
 import functools
 import warnings
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from torch import nn
 from sparseforge.models import create_model
 from sparseforge.profile import machine_info
 from sparseforge.profile.latency import interleaved
+from sparseforge.profile.rows import write_csv
 from sparseforge.quant.deploy import to_int8, to_int8_dynamic
 
 BATCHES = (1, 64)
@@ -94,13 +94,8 @@ def main() -> None:
             cells = "  ".join(f"{k[:-3]} {row[k]:.3f} ms" for k in row if k.endswith("_ms"))
             ratios = "  ".join(f"{k.split('_x_')[0]} {row[k]:.2f}x" for k in row if "_x_" in k)
             print(f"{name} b{batch}: {cells}\n    vs fp32 compiled: {ratios}", flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    with (args.out / "quantization.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) + ["machine"])
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({**row, "machine": info["cpu_model"]})
-    print(f"wrote {args.out / 'quantization.csv'}")
+    path = write_csv([{**row, "machine": info["cpu_model"]} for row in rows], args.out / "quantization.csv")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import json
 import os
 import shutil
@@ -23,6 +22,7 @@ import yaml
 
 from sparseforge.demo import packaged_recipe
 from sparseforge.profile import machine_info
+from sparseforge.profile.rows import write_csv
 
 SPARSITIES = (0.9, 0.95)
 
@@ -150,10 +150,7 @@ def main() -> None:
 
 def write_outputs(rows: list[dict], out: Path, machine: dict, epochs: int, total: float) -> None:
     """CSV, a markdown table (accuracy change vs dense in points) and the plot."""
-    with (out / "study.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(rows, out / "study.csv")
     dense = next((r["test_accuracy"] for r in rows if r["method"] == "dense"), None)
     lines = [
         f"Machine: {machine['cpu_model']}, {machine['torch_threads']} torch threads, torch "

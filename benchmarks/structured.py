@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import os
 import time
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from sparseforge.graph import prune_channels
 from sparseforge.profile import machine_info
 from sparseforge.profile.flops import count_flops
 from sparseforge.profile.latency import compare_latency
+from sparseforge.profile.rows import write_csv
 
 RATIOS = (0.3, 0.5, 0.7)
 BATCHES = (1, 32)
@@ -238,12 +238,7 @@ def main() -> None:
     for name in args.models:
         rows += bench_model(name, args)
     print(f"load average at end {os.getloadavg()[0]:.2f}")
-    args.csv.parent.mkdir(parents=True, exist_ok=True)
-    with args.csv.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    print(f"wrote {args.csv}")
+    print(f"wrote {write_csv(rows, args.csv)}")
 
 
 if __name__ == "__main__":

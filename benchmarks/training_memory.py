@@ -10,13 +10,13 @@ masks, and the recorder's slowdown of a step; writes CSV and a Markdown table.
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 
 import yaml
 
 from sparseforge.profile import machine_info
 from sparseforge.profile.memory import analyse, fit_peak, peak, record_training
+from sparseforge.profile.rows import write_csv
 
 RECIPE_DIR = Path(__file__).resolve().parents[1] / "src" / "sparseforge" / "recipes"
 MIB = 2**20
@@ -66,11 +66,7 @@ def main() -> None:
         print(f"{name:34s} peak {row['peak_mib']:7.1f} MiB  activation {row['activation_mib']:6.1f}  "
               f"state {row['state_dense_mib']:5.2f} -> compact {row['state_compact_mib']:5.2f} MiB "
               f"(density {row['density']:.2f})  recorder {row['slowdown']:.2f}x", flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    with (args.out / "training_memory.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(rows, args.out / "training_memory.csv")
     dense = rows[0]["peak_mib"]
     lines = [
         "| method | peak MiB | vs dense | activation | temp | param+grad+optim | masks (buffers) "

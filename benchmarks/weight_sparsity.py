@@ -10,7 +10,6 @@ interleaved loop per row.
 from __future__ import annotations
 
 import argparse
-import csv
 import importlib.util
 import tempfile
 import warnings
@@ -24,6 +23,7 @@ from sparseforge.kernels import SparseLinear
 from sparseforge.kernels.extension import kernel_available
 from sparseforge.profile import machine_info
 from sparseforge.profile.latency import interleaved
+from sparseforge.profile.rows import write_csv
 from sparseforge.runtime import export_model
 from sparseforge.sparsity import schemes
 
@@ -193,12 +193,7 @@ def main() -> None:
                         rows.append(bench_row(scheme, fmt, lin, ours, s, batch, sess))
                     del sess
                     path.unlink(missing_ok=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    with (args.out / "weight_sparsity.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    print(f"wrote {args.out / 'weight_sparsity.csv'}")
+    print(f"wrote {write_csv(rows, args.out / 'weight_sparsity.csv')}")
 
 
 if __name__ == "__main__":
