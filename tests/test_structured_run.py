@@ -84,7 +84,8 @@ def test_structured_and_modifiers_together_are_refused(make_recipe):
                                 modifiers=[{"type": "oneshot", "sparsity": 0.5}]))
 
 
-@pytest.mark.parametrize("name", ["fmnist_resnet20_channel50.yaml", "fmnist_resnet20_fupruner50.yaml"])
+@pytest.mark.parametrize("name", ["fmnist_resnet20_channel50.yaml", "fmnist_resnet20_fupruner50.yaml",
+                                  "fmnist_resnet20_latency50.yaml"])
 def test_shipped_structured_recipes_run(name, tiny_fmnist, tmp_path):
     from importlib import resources
 
@@ -95,6 +96,7 @@ def test_shipped_structured_recipes_run(name, tiny_fmnist, tmp_path):
     recipe["data"]["root"] = str(tiny_fmnist)
     recipe["train"]["epochs"] = 1
     recipe["output"]["latency_batch_sizes"] = [1]
+    recipe["structured"]["latency_batch"] = 1  # scope latency times its proposals: keep it quick
     run = compress(recipe, tmp_path / "run")
     plan = json.loads((run / "structure.json").read_text())
     assert 1 - plan["flops"]["after"] / plan["flops"]["before"] >= 0.5

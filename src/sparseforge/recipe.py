@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .algorithms import MODIFIERS
+from .quant.config import QuantizeConfig
 
 
 class RecipeError(ValueError):
@@ -100,16 +101,19 @@ class FuseConfig(_Strict):
 
 class StructuredConfig(_Strict):
     """Channel/head removal (graph.prune). One target: `ratio` of each group's units, `flops`
-    (fraction of FLOPs removed) or a measured `speedup`. `fuse` folds BatchNorm and friends
-    into their conv/linear first (FuPruner); `soft` prunes dynamically during training (masks
-    re-chosen every epoch, pruned filters keep training) and removes physically at the end,
-    else the channels go before training and the smaller model is fine-tuned."""
+    (fraction of FLOPs removed) or a measured `speedup`; `scope: latency` lets time measured
+    on this machine decide how much each group gives (graph.prune.allocate_by_latency). `fuse`
+    folds BatchNorm and friends into their conv/linear first (FuPruner); `soft` prunes
+    dynamically during training (masks re-chosen every epoch, pruned filters keep training)
+    and removes physically at the end, else the channels go before training and the smaller
+    model is fine-tuned."""
 
     ratio: float | None = Field(None, gt=0.0, lt=1.0)
     flops: float | None = Field(None, gt=0.0, lt=1.0)
     speedup: float | None = Field(None, gt=1.0)
     importance: Literal["l1", "l2", "bn_scale", "fpgm"] = "l2"  # taylor: Python API only
-    scope: Literal["layer", "global"] = "layer"
+    scope: Literal["layer", "global", "latency"] = "layer"
+    latency_batch: int = Field(1, ge=1)  # batch the speedup target and scope latency time at
     round_to: int = Field(1, ge=1)
     max_ratio: float = Field(0.9, gt=0.0, lt=1.0)
     limits: dict[str, Annotated[float, Field(ge=0.0, lt=1.0)]] = {}  # module prefix -> max share
@@ -136,6 +140,7 @@ class Recipe(_Strict):
     train: TrainConfig = TrainConfig()
     modifiers: list[ModifierConfig] = []
     structured: StructuredConfig | None = None
+    quantize: QuantizeConfig | None = None  # read by `sparseforge quantize RUN_DIR`
     output: OutputConfig = OutputConfig()
 
     @model_validator(mode="after")

@@ -150,3 +150,56 @@ def test_per_module_limits_cap_their_groups(model):
     assert min(stage2) == 24  # 32 * (1 - 0.25): the cap, not 16
     with pytest.raises(ValueError, match="limit"):
         prune_channels(model, X, ratio=0.5, limits={"layer2": 1.5})
+
+
+def _fake_clock(monkeypatch, cost):
+    """Replace the timer behind scope 'latency' with a deterministic one: a call's 'time' is the
+    sum of `cost(conv, output)` over the Conv2d layers it runs."""
+    from sparseforge.graph import prune as prune_module
+    from sparseforge.profile.timing import Timing
+
+    def fake_interleaved(fns, *, rounds, repeats):
+        out = {}
+        for name, fn in fns.items():
+            total = [0.0]
+
+            def hook(mod, _inp, output, total=total):
+                if isinstance(mod, nn.Conv2d):
+                    total[0] += cost(mod, output)
+
+            handle = nn.modules.module.register_module_forward_hook(hook)
+            try:
+                fn()
+            finally:
+                handle.remove()
+            out[name] = Timing.from_samples([total[0]])
+        return out
+
+    monkeypatch.setattr(prune_module, "interleaved", fake_interleaved)
+
+
+def test_latency_scope_cuts_where_the_measured_time_goes(model, monkeypatch):
+    # only full-resolution (28x28, stage 1) convolutions cost time on this fake machine
+    _fake_clock(monkeypatch, lambda conv, y: float(y.shape[1]) if y.shape[-1] == 28 else 0.0)
+    small, plan = prune_channels(model, X, flops=0.3, scope="latency", max_ratio=0.5, round_to=4)
+    assert 1 - plan.flops[1] / plan.flops[0] >= 0.3
+    widths = {n: c.out_channels for n, c in small.named_modules() if isinstance(c, nn.Conv2d)}
+    assert widths["conv1"] == 8 and widths["layer1.0.conv1"] == 8  # stage 1 first, to its cap
+    assert all(w % 4 == 0 for w in widths.values())
+    uniform, _ = prune_channels(model, X, flops=0.3)
+    assert max(conv_widths(small)) > max(conv_widths(uniform))  # stage 3 spared for it
+    small.eval()
+    assert small(X).shape == (2, 10)
+
+
+def test_latency_scope_needs_a_flops_or_speedup_target(model):
+    with pytest.raises(ValueError, match="not ratio"):
+        prune_channels(model, X, ratio=0.5, scope="latency")
+    with pytest.raises(ValueError, match="scope must be one of"):
+        prune_channels(model, X, ratio=0.5, scope="stage")
+
+
+def test_latency_scope_out_of_reach_says_so(model, monkeypatch):
+    _fake_clock(monkeypatch, lambda conv, y: float(y.shape[1]))
+    with pytest.raises(ValueError, match="out of reach"):
+        prune_channels(model, X, flops=0.9, scope="latency", max_ratio=0.1)

@@ -22,7 +22,7 @@ from .dependency import DependencyGraph, Key, dependency_graph
 from .importance import unit_scores
 from .shrink import Fixup, shrink
 
-SCOPES = ("layer", "global")
+SCOPES = ("layer", "global", "latency")
 
 
 @dataclass
@@ -103,15 +103,13 @@ def select_units(
     """The units to remove: `ratio` of each group's units (scope 'layer') or of all channels
     ranked together ('global'), never more than `max_ratio` of a group (or the `limits` value
     of a module prefix that produces the group's channels, the smallest that applies), with the
-    kept channel count of every group a multiple of `round_to` where the group allows it."""
-    if scope not in SCOPES:
-        raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
-    caps = {**(limits or {}), "max_ratio": max_ratio}
-    if not 0 <= ratio < 1 or any(not 0 <= v < 1 for v in caps.values()):
-        raise ValueError(f"ratio must be in [0, 1) and every limit in [0, 1), got {ratio}, {caps}")
-    cap = [min([max_ratio] + [v for prefix, v in (limits or {}).items()
-                              if any(n.startswith(prefix) for n, d in g.keys if d == 0)])
-           for g in graph.groups]
+    kept channel count of every group a multiple of `round_to` where the group allows it.
+    (Scope 'latency' has no ratio: `prune_channels` allocates it by measurement.)"""
+    if scope not in SCOPES[:2]:
+        raise ValueError(f"select_units takes scope 'layer' or 'global', got {scope!r}")
+    if not 0 <= ratio < 1:
+        raise ValueError(f"ratio must be in [0, 1), got {ratio}")
+    cap = _caps(graph, max_ratio, limits)
     removed: dict[int, list[int]] = {}
     if scope == "layer":
         for i, g in enumerate(graph.groups):
@@ -134,12 +132,27 @@ def select_units(
     out: list[int] = []
     for i, gone in removed.items():
         g = graph.groups[i]
-        step = round_to // math.gcd(round_to, g.unit_size)
+        step = _unit_step(g.unit_size, round_to)
         keep = len(g.units) - len(gone)
         rounded = min(len(g.units), max(step, math.ceil(keep / step) * step))
         gone = sorted(gone, key=scores.__getitem__)[: len(g.units) - rounded]
         out.extend(gone)
     return out
+
+
+def _caps(graph: DependencyGraph, max_ratio: float, limits: dict[str, float] | None) -> list[float]:
+    """The largest removable share of each group: `max_ratio`, or the smallest `limits` value of
+    a module prefix that produces the group's channels."""
+    if any(not 0 <= v < 1 for v in [max_ratio, *(limits or {}).values()]):
+        raise ValueError(f"max_ratio and every limit must be in [0, 1), got {max_ratio}, {limits}")
+    return [min([max_ratio] + [v for prefix, v in (limits or {}).items()
+                               if any(n.startswith(prefix) for n, d in g.keys if d == 0)])
+            for g in graph.groups]
+
+
+def _unit_step(unit_size: int, round_to: int) -> int:
+    """Units per `round_to` channels (a unit may span several channels, e.g. a head)."""
+    return round_to // math.gcd(round_to, unit_size)
 
 
 def prune_channels(
@@ -156,39 +169,101 @@ def prune_channels(
     limits: dict[str, float] | None = None,
     ignore: Iterable[str] = (),
     fixups: dict[type[nn.Module], Fixup] | None = None,
+    latency_batch: int | None = None,
 ) -> tuple[nn.Module, PrunePlan]:
     """Remove channels/heads from a copy of `model`: `ratio` of the units, or as few as give
     `flops` (fraction of FLOPs removed), or a measured `speedup` on `example` (dense time over
     pruned time); exactly one target. `limits` caps the removed share per module prefix
-    (e.g. {"layer1": 0.3}); `ignore` keeps modules whole. Returns the smaller model and its plan."""
+    (e.g. {"layer1": 0.3}); `ignore` keeps modules whole. Scope 'latency' spends the target
+    where it buys the most measured time per importance lost (`allocate_by_latency`).
+    Timing runs on `example` repeated to `latency_batch` rows when given.
+    Returns the smaller model and its plan."""
     targets = [t for t in (ratio, flops, speedup) if t is not None]
     if len(targets) != 1:
         raise ValueError("give exactly one target: ratio=, flops= (fraction of FLOPs removed) "
                          "or speedup= (measured, e.g. 1.6)")
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+    if scope == "latency" and ratio is not None:
+        raise ValueError("scope 'latency' chooses each group's ratio itself: give flops= or "
+                         "speedup= as the target, not ratio=")
+    if flops is not None and not 0 < flops < 1:
+        raise ValueError(f"flops is the fraction of FLOPs to remove, in (0, 1); got {flops}")
+    if speedup is not None and speedup <= 1:
+        raise ValueError(f"speedup must be > 1, got {speedup}")
     x = example[0] if isinstance(example, tuple) else example
+    timing_x = x if latency_batch is None else torch.cat([x[:1]] * latency_batch)
     graph = dependency_graph(model, example, ignore=ignore)
     scores = unit_scores(model, graph, importance)
+    base_flops = count_flops(model, x).dense_flops
+    if flops is not None:
+        target, what = flops, "FLOPs reduction"
+        reached = lambda m: 1 - count_flops(m, x).dense_flops / base_flops  # noqa: E731
+    else:
+        target, what = speedup, "speed-up"
+        reached = lambda m: _measured_speedup(model, m, timing_x)  # noqa: E731
 
     def build(r: float) -> tuple[nn.Module, list[int]]:
         removed = select_units(graph, scores, r, scope=scope, round_to=round_to,
                                max_ratio=max_ratio, limits=limits)
         return shrink(copy.deepcopy(model), graph.kept_indices(removed), fixups=fixups), removed
 
-    base_flops = count_flops(model, x).dense_flops
     if ratio is not None:
         small, removed = build(ratio)
-    elif flops is not None:
-        if not 0 < flops < 1:
-            raise ValueError(f"flops is the fraction of FLOPs to remove, in (0, 1); got {flops}")
-        small, removed = _search(build, lambda m: 1 - count_flops(m, x).dense_flops / base_flops,
-                                 flops, max_ratio, "FLOPs reduction")
+    elif scope == "latency":
+        small, removed = allocate_by_latency(
+            model, graph, scores, timing_x, reached, target, what=what, round_to=round_to,
+            caps=_caps(graph, max_ratio, limits), fixups=fixups,
+        )
     else:
-        if speedup <= 1:
-            raise ValueError(f"speedup must be > 1, got {speedup}")
-        small, removed = _search(build, lambda m: _measured_speedup(model, m, x), speedup,
-                                 max_ratio, "speed-up")
+        small, removed = _search(build, reached, target, max_ratio, what)
     plan = _plan(model, small, graph, removed, x, base_flops)
     return small, plan
+
+
+def allocate_by_latency(
+    model: nn.Module, graph: DependencyGraph, scores: dict[int, float], x: Tensor,
+    reached: Callable[[nn.Module], float], target: float, *, what: str, round_to: int,
+    caps: list[float], fixups: dict[type[nn.Module], Fixup] | None = None, steps: int = 8,
+) -> tuple[nn.Module, list[int]]:
+    """NetAdapt-style greedy allocation: until `reached(model) >= target`, propose for every
+    group the removal of its next least important 1/`steps` of units, time all proposals side
+    by side on `x`, and take the one that saves the most measured time per unit of importance
+    lost. Per-group ratios thus follow the target machine: on small CNNs the wide, high-
+    resolution layers, whose memory traffic dominates, go first."""
+    order = [sorted(g.units, key=scores.__getitem__) for g in graph.groups]
+    taken = [0] * len(order)
+
+    def build(counts: list[int]) -> tuple[nn.Module, list[int]]:
+        removed = [u for units, k in zip(order, counts, strict=True) for u in units[:k]]
+        return shrink(copy.deepcopy(model), graph.kept_indices(removed), fixups=fixups), removed
+
+    current = build(taken)
+    while reached(current[0]) < target:
+        proposals: dict[int, int] = {}
+        for i, g in enumerate(graph.groups):
+            n, unit = len(g.units), _unit_step(g.unit_size, round_to)
+            step = unit * math.ceil(max(1, math.ceil(n / steps)) / unit)
+            kept = ((n - taken[i] - 1) // step) * step
+            if kept >= 1 and n - kept <= math.floor(caps[i] * n):
+                proposals[i] = n - kept
+        if not proposals:
+            raise ValueError(f"{what} {target:g} is out of reach: every group is at its limit "
+                             f"(reached {reached(current[0]):.3g}); raise max_ratio or lower the "
+                             "target")
+        built = {i: build([k if j == i else t for j, t in enumerate(taken)])
+                 for i, k in proposals.items()}
+        with torch.inference_mode():
+            fns = {str(i): (lambda m=m: m(x)) for i, (m, _) in built.items()}
+            times = interleaved({"current": lambda m=current[0]: m(x), **fns},
+                                rounds=3, repeats=5)
+        now = times["current"].median_s
+        value = {i: (now - times[str(i)].median_s)
+                 / (sum(scores[u] for u in order[i][taken[i]:k]) + 1e-9)
+                 for i, k in proposals.items()}
+        best = max(value, key=value.__getitem__)
+        taken[best], current = proposals[best], built[best]
+    return current
 
 
 def _search(build: Callable[[float], tuple[nn.Module, list[int]]], reached: Callable[[nn.Module], float],
