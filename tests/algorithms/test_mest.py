@@ -184,7 +184,7 @@ def test_state_dict_round_trips_through_a_weights_only_checkpoint():
 @pytest.mark.parametrize(
     "fields, message",
     [
-        ({"scheme": {"name": "bcr"}}, "not `bcr`"),
+        ({"scheme": {"name": "bcr"}, "soft_bound": True}, "soft_bound: false with scheme bcr"),
         ({"scheme": "2:4", "sparsity": 0.5}, "not `nm`"),
         ({"criterion": "taylor"}, "drop `criterion`"),
         ({"allocation": "global"}, "distribution"),
@@ -265,3 +265,40 @@ def test_resume_after_a_kill_equals_the_uninterrupted_run(
     assert all(torch.equal(ma["budget"][n], mb["budget"][n]) for n in ma["budget"])
     if "forgetting" in ma:
         assert torch.equal(ma["forgetting"]["dropped"], mb["forgetting"]["dropped"])
+
+
+@pytest.mark.parametrize("kind", ["mest", "rigl", "set"])
+def test_bcr_mutations_keep_the_nonzero_count_and_the_bcr_shape(kind):
+    from sparseforge.formats import BCR
+
+    model = net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    r = recipe(type=kind, sparsity=0.8, scheme={"name": "bcr", "block": [4, 4]}, update_every=0.5,
+               mutation_rate=0.3, mutation_schedule="constant", stop_epoch=3)
+    session = Session(model, r, opt, steps_per_epoch=4)
+    budget = {n: int(m.sum()) for n, m in masks(model).items()}
+    assert sum(budget.values()) / 640 == pytest.approx(0.2, abs=0.05)  # near the target
+    changed = []
+
+    def check(step):
+        for n, m in masked_modules(model):
+            mask = get_mask(m)
+            assert int(mask.sum()) == budget[n], (step, n)  # exact after every mutation
+            assert torch.all(m.weight[~mask] == 0)
+            BCR.from_dense(m.weight.detach() * mask, (4, 4), mask=mask)  # raises unless BCR
+        now = masks(model)
+        changed.append(any(not torch.equal(a, b) for a, b in zip(now.values(), check.last.values(),
+                                                                  strict=True)))
+        check.last = now
+
+    check.last = masks(model)
+    run(model, session, opt, 12, check)
+    assert changed[1] and changed[3] and not changed[0]  # mutates every 2 steps
+
+    buffer = io.BytesIO()  # the segments survive a weights-only checkpoint
+    torch.save(session.state_dict(), buffer)
+    buffer.seek(0)
+    fresh = Session(net(), r, None, steps_per_epoch=4)
+    fresh.load_state_dict(torch.load(buffer, weights_only=True))
+    for n, seg in session.modifiers[0].segments.items():
+        assert torch.equal(seg.mask(), fresh.modifiers[0].segments[n].mask())

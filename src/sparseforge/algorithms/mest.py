@@ -1,7 +1,9 @@
 """Dynamic sparse training at a fixed memory budget: MEST (Yuan et al. 2021), RigL (Evci et al.
 2020) and SET (Mocanu et al. 2018) share one machinery. Start from random masks at the target
 sparsity, then every `update_every` epochs drop the weakest active weights and grow as many
-inactive ones (at random, or by dense gradient for RigL), until `stop_epoch`."""
+inactive ones (at random, or by dense gradient for RigL), until `stop_epoch`. Schemes:
+unstructured, block (whole tiles move) and BCR (row and column segments move, sparsity.
+bcr_mutation)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from pydantic import Field, model_validator
 from torch import Tensor
 
 from ..sparsity import SCHEMES, apply_mask, get_mask, select_layers
+from ..sparsity.bcr_mutation import BCRSegments
 from ..sparsity.compact import sparse_memory_bytes
 from ..sparsity.mutation import (
     ElasticDecay,
@@ -29,7 +32,7 @@ from .pruning import MaskedLayers, PruningConfig, _weight_param
 
 
 class DSTConfig(PruningConfig):
-    """What the three methods share; schemes `unstructured` and `block` only."""
+    """What the three methods share; schemes `unstructured`, `block` and `bcr`."""
 
     distribution: Literal["uniform", "erk"] = "uniform"
     update_every: float = Field(1.0, gt=0.0, description="epochs between mutations (ΔT)")
@@ -43,11 +46,17 @@ class DSTConfig(PruningConfig):
 
     @model_validator(mode="after")
     def _supported(self) -> DSTConfig:
-        if self.scheme.name not in ("unstructured", "block"):
+        if self.scheme.name not in ("unstructured", "block", "bcr"):
             raise ValueError(
-                f"dynamic sparse training mutates `unstructured` or `block` masks, not "
+                f"dynamic sparse training mutates `unstructured`, `block` or `bcr` masks, not "
                 f"`{self.scheme.name}`: only these have a drop/grow swap that holds the budget "
-                "exactly (docs/methods.md, MEST, says why BCR is left out)"
+                "exactly"
+            )
+        if self.scheme.name == "bcr" and getattr(self, "soft_bound", False):
+            raise ValueError(
+                "soft_bound prunes back to the exact budget, which BCR segments (each holding "
+                "as many weights as its block keeps columns or rows) cannot always hit; use "
+                "soft_bound: false with scheme bcr"
             )
         if self.criterion != "magnitude":
             raise ValueError("drop scores are |w| (mest: + grad_weight·|g|); drop `criterion`")
@@ -102,6 +111,8 @@ class DynamicSparse(Modifier):
         self.layers = MaskedLayers(select_layers(session.model, config), config).layers
         block = config.scheme.block if config.scheme.name == "block" else None
         self.units = {n: Units(m.weight.shape, block) for n, m in self.layers.items()}
+        self.bcr_block = tuple(config.scheme.block) if config.scheme.name == "bcr" else None
+        self.segments: dict[str, BCRSegments] = {}  # scheme bcr: each layer's mask as segments
         stop_epoch = config.stop_epoch
         if stop_epoch is None:
             stop_epoch = 0.75 * session.recipe.train.epochs
@@ -191,7 +202,8 @@ class DynamicSparse(Modifier):
                     value[changed] = 0
         apply_mask(module, mask)
 
-    def _drop_scores(self, name: str) -> Tensor:
+    def _weight_scores(self, name: str) -> Tensor:
+        """Per weight: |w| (mest: + grad_weight·|g|), the drop score before pooling."""
         module = self.layers[name]
         with torch.no_grad():  # reading the weight must not arm RigL's gradient hook
             scores = module.weight.abs()
@@ -199,18 +211,23 @@ class DynamicSparse(Modifier):
         grad = _weight_param(module).grad
         if lam > 0 and grad is not None:
             scores = scores + lam * grad.detach().abs()
-        return self.units[name].pool(scores)
+        return scores
 
-    def _grow(self, name: str, units: Tensor, n: int, where: Tensor | None) -> Tensor:
-        if self.grow_mode == "random":
-            return grow_random(units, n, self.session.generator, where)
+    def _drop_scores(self, name: str) -> Tensor:
+        return self.units[name].pool(self._weight_scores(name))
+
+    def _dense_grad(self, name: str) -> Tensor:
         if name not in self.dense_grads:
             raise RuntimeError(
                 f"rigl needs the dense gradient of '{name}' at a mutation step: run a forward "
                 "and backward pass with gradients before each Session.step()"
             )
-        scores = self.units[name].pool(_synced(self.dense_grads[name]).abs())
-        return grow_by_score(units, scores, n, where)
+        return _synced(self.dense_grads[name]).abs()
+
+    def _grow(self, name: str, units: Tensor, n: int, where: Tensor | None) -> Tensor:
+        if self.grow_mode == "random":
+            return grow_random(units, n, self.session.generator, where)
+        return grow_by_score(units, self.units[name].pool(self._dense_grad(name)), n, where)
 
     def _each_layer(self, change) -> None:
         """Run `change(name, units) -> units` on every layer and apply the result."""
@@ -221,6 +238,10 @@ class DynamicSparse(Modifier):
 
     # ---- the three operations ---------------------------------------------------------------
     def _mutate(self, p: float) -> None:
+        if self.segments:
+            self._mutate_segments(p)
+            return
+
         def swap(name: str, units: Tensor) -> Tensor:
             scores, u = self._drop_scores(name), self.units[name]
             for c, kept in zip(u.classes, self._kept(name, units), strict=True):
@@ -229,6 +250,16 @@ class DynamicSparse(Modifier):
             return units
 
         self._each_layer(swap)
+
+    def _mutate_segments(self, p: float) -> None:
+        """Scheme bcr: swap row then column segments of equal size in every layer."""
+        for name, module in self.layers.items():
+            grow = None if self.grow_mode == "random" else self._dense_grad(name)
+            seg = self.segments[name].mutate(self._weight_scores(name), p,
+                                             self.session.generator, grow)
+            self.segments[name] = seg
+            self._set_mask(name, seg.mask().to(module.weight.device))
+        self.session.masks_changed()
 
     def _grow_extra(self, extra: float) -> None:
         density = 1.0 - self.config.final_sparsity
@@ -257,6 +288,13 @@ class DynamicSparse(Modifier):
         targets = self._targets()
         scheme, params = SCHEMES.get(self.config.scheme.name), scheme_params(self.config.scheme)
         for name, module in self.layers.items():
+            if self.bcr_block is not None:
+                seg = BCRSegments.random(module.weight.shape, self.bcr_block, targets[name],
+                                         session.generator)
+                self.segments[name] = seg
+                self._set_mask(name, seg.mask().to(module.weight.device))
+                self.budget[name] = torch.tensor([seg.nonzeros()])
+                continue
             scores = torch.rand(module.weight.shape, generator=session.generator)
             self._set_mask(name, scheme(scores, targets[name], **params).to(module.weight.device))
             kept = self._kept(name, self.units[name].units(get_mask(module)))
@@ -309,6 +347,9 @@ class DynamicSparse(Modifier):
 
     def state_dict(self) -> dict[str, Any]:
         state = {"budget": dict(self.budget), "prune_at": self.prune_at, "rate": self.rate}
+        if self.segments:
+            state["segments"] = {n: {"rows": s.rows, "cols": s.cols}
+                                 for n, s in self.segments.items()}
         if self.forgetting is not None:
             state["forgetting"] = self.forgetting.state_dict()
         return state
@@ -316,6 +357,10 @@ class DynamicSparse(Modifier):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.budget = {n: t.clone() for n, t in state["budget"].items()}
         self.prune_at, self.rate = int(state["prune_at"]), float(state["rate"])
+        for n, seg in state.get("segments", {}).items():
+            weight = self.layers[n].weight
+            self.segments[n] = BCRSegments(seg["rows"].clone(), seg["cols"].clone(),
+                                           self.bcr_block, weight.shape)
         if self.forgetting is not None:
             self.forgetting.load_state_dict(state["forgetting"])
 
