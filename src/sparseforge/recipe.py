@@ -11,7 +11,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .algorithms import MODIFIERS
-from .quant.config import QuantizeConfig
 
 
 class RecipeError(ValueError):
@@ -140,7 +139,6 @@ class Recipe(_Strict):
     train: TrainConfig = TrainConfig()
     modifiers: list[ModifierConfig] = []
     structured: StructuredConfig | None = None
-    quantize: QuantizeConfig | None = None  # read by `sparseforge quantize RUN_DIR`
     output: OutputConfig = OutputConfig()
 
     @model_validator(mode="after")
