@@ -2,9 +2,11 @@
 (16x16 blocks, GRIM) -> BCR, `unstructured` -> CSR; at 50/70/80/90/95% sparsity, batch 1 and
 32, in one run: dense F.linear (MKL), torch.sparse CSR and BSR matmul, ONNX Runtime on the same
 masked nn.Linear (exported to ONNX, zeros included), and sparseforge's kernel, all timed in one
-interleaved loop per row.
+interleaved loop per row. Scheme `nm` -> N:M rows at 2:4, 1:4 and 2:8 (their own sparsities).
+`--device cuda` runs the GPU set instead (benchmarks/weight_sparsity_gpu.py).
 
     python benchmarks/weight_sparsity.py --out runs/weight_sparsity   # prints table, writes CSV
+    python benchmarks/weight_sparsity.py --schemes nm --quick         # smoke check
 """
 
 from __future__ import annotations
@@ -33,13 +35,15 @@ BATCHES = (1, 32)
 BLOCK = (16, 16)  # BSR tiles of the `block` scheme, and the torch BSR peer's tiles
 BCR_BLOCK = (16, 16)  # r x c blocks of the `bcr` scheme (GRIM)
 # scheme -> our format for it
-FORMAT = {"block": "bsr", "bcr": "bcr", "unstructured": "csr"}
+FORMAT = {"block": "bsr", "bcr": "bcr", "unstructured": "csr", "nm": "nm"}
+NM_PATTERNS = ((2, 4), (1, 4), (2, 8))  # the `nm` scheme's rows, each at sparsity 1 - n/m
 ROUNDS, REPEATS = 5, 10  # interleaved: 5 alternating blocks of 10 calls per candidate
 ATOL = 1e-3  # every candidate's output vs dense F.linear
 
 
 def sparse_linear(
-    scheme: str, n: int, k: int, s: float, seed: int = 0, bcr_block: tuple[int, int] = BCR_BLOCK
+    scheme: str, n: int, k: int, s: float, seed: int = 0, bcr_block: tuple[int, int] = BCR_BLOCK,
+    nm: tuple[int, int] = (2, 4),
 ) -> tuple[torch.nn.Linear, torch.Tensor]:
     """nn.Linear whose weight is masked by `scheme` at sparsity s (random scores, so random
     kept tiles / rows and columns / entries), and the mask."""
@@ -49,6 +53,8 @@ def sparse_linear(
         mask = schemes.block(scores, s, block=BLOCK)
     elif scheme == "bcr":
         mask = schemes.bcr(scores, s, block=bcr_block)
+    elif scheme == "nm":
+        mask = schemes.n_m(scores, s, n=nm[0], m=nm[1])
     else:
         mask = schemes.unstructured(scores, s)
     lin = torch.nn.Linear(k, n)
@@ -149,14 +155,33 @@ def parse_args() -> argparse.Namespace:
                     help="BCR block size (GRIM tunes it per layer; default 16 16)")
     ap.add_argument("--no-ort", action="store_true",
                     help="skip the ONNX Runtime peer (export + session per layer)")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke check: the smaller shape, the first sparsity, few repeats")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="cuda: the GPU set (benchmarks/weight_sparsity_gpu.py)")
     args = ap.parse_args()
     if not all(0 < s < 1 for s in args.sparsities):
         ap.error(f"--sparsities must lie in (0, 1), got {args.sparsities}")
     return args
 
 
+def layers(scheme: str, sparsities: list[float]) -> list[tuple[float, tuple[int, int]]]:
+    """(sparsity, (n, m)) per row of a scheme: the N:M patterns for `nm`, else the sparsities."""
+    if scheme == "nm":
+        return [(1 - n / m, (n, m)) for n, m in NM_PATTERNS]
+    return [(s, (2, 4)) for s in sparsities]
+
+
 def main() -> None:
     args = parse_args()
+    if args.device == "cuda":
+        import weight_sparsity_gpu  # beside this file
+
+        return weight_sparsity_gpu.main(args.out, args.quick)
+    global SHAPES, ROUNDS, REPEATS
+    if args.quick:
+        SHAPES, ROUNDS, REPEATS = SHAPES[-1:], 2, 3
+        args.sparsities = args.sparsities[:1]
     bcr_block = tuple(args.bcr_block)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)  # the layers' initial weights
@@ -183,14 +208,16 @@ def main() -> None:
         for scheme in args.schemes:
             fmt = FORMAT[scheme]
             for n, k in SHAPES:
-                for s in args.sparsities:
-                    lin, mask = sparse_linear(scheme, n, k, s, bcr_block=bcr_block)
+                for s, nm in layers(scheme, args.sparsities):
+                    lin, mask = sparse_linear(scheme, n, k, s, bcr_block=bcr_block, nm=nm)
                     blk = bcr_block if fmt == "bcr" else BLOCK
-                    ours = SparseLinear.from_linear(lin.eval(), blk, fmt, mask=mask)
+                    ours = SparseLinear.from_linear(lin.eval(), blk, fmt, mask=mask,
+                                                    nm=nm if fmt == "nm" else None)
                     path = Path(tmp) / f"{scheme}_{n}x{k}_{s}.onnx"
                     sess = ort_session(lin, path, args.threads) if use_ort else None
                     for batch in BATCHES:
-                        rows.append(bench_row(scheme, fmt, lin, ours, s, batch, sess))
+                        label = f"{nm[0]}:{nm[1]}" if fmt == "nm" else fmt
+                        rows.append(bench_row(scheme, label, lin, ours, s, batch, sess))
                     del sess
                     path.unlink(missing_ok=True)
     print(f"wrote {write_csv(rows, args.out / 'weight_sparsity.csv')}")

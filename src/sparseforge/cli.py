@@ -72,7 +72,7 @@ def _deploy(args: argparse.Namespace) -> int:
     if args.format:
         return _export(args)
     deployed, path = deploy_run(args.run_dir, args.target, batch=args.batch, repeats=args.repeats,
-                                fuse=args.fuse)
+                                fuse=args.fuse, fold_bn=args.fold_bn)
     print(format_plan(deployed.plan))
     if deployed.fusion is not None:
         print(deployed.fusion.summary())
@@ -172,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="test images in the example input the layers are timed on, or the "
                          "export is traced and checked on (default 1)")
     dp.add_argument("--repeats", type=int, default=20, help="timed calls per candidate and round")
+    dp.add_argument("--fold-bn", action="store_true",
+                    help="fold every BatchNorm into the conv/linear before it first (exact in "
+                         "eval), so sparse kernels can take the ReLU/residual after it")
     dp.add_argument("--fuse", action="store_true",
                     help="then plan the deployed model's fusion (DNNFusion) and lower it: residual "
                          "add / relu / gelu into our sparse kernels, the rest through TorchInductor; "
@@ -205,6 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="wrap the model's blocks in activation checkpointing first")
     m.add_argument("--out", help="folder to write (default runs/memory/<recipe name>)")
     m.set_defaults(fn=_profile_memory)
+
+    from .edge.commands import add_edge_commands
+
+    add_edge_commands(sub)  # partition, serve
 
     d = sub.add_parser("demo", help="Fashion-MNIST: train dense, prune 90%% gradually, report")
     d.add_argument("--out", default="runs/demo", help="folder for the demo's runs")

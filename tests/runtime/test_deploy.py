@@ -192,3 +192,24 @@ def test_targets_fail_clearly():
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="deploy with --target cpu"):
             deploy(tiny_model(), example(), target="cuda")
+
+
+def test_fold_bn_folds_before_choosing_and_reloads(monkeypatch, tmp_path):
+    monkeypatch.setattr(deploy_module, "time_side_by_side", fake_timings("direct"))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU()).eval()
+    with torch.no_grad():
+        for bn in (model[1], model[4]):
+            bn.running_mean.uniform_(-1, 1)
+            bn.running_var.uniform_(0.5, 2)
+    sparseforge.prune(model, "unstructured", 0.8, layers=["3"])
+    x = example(conv=True, batch=2)
+    deployed = deploy(model, x, fold_bn=True, **FAST)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in deployed.module.modules())
+    assert deployed.choices()["3"] == "direct" and deployed.settings["fold_bn"] is True
+    with torch.no_grad():
+        torch.testing.assert_close(deployed(x), model(x), rtol=1e-4, atol=1e-5)
+    deployed.save(tmp_path)
+    with torch.no_grad():
+        assert torch.equal(DeployedModel.load(tmp_path, model)(x), deployed(x))

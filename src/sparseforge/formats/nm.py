@@ -89,3 +89,24 @@ class NM(TensorState):
     def nbytes(self) -> int:
         """Bytes of every tensor `to_state` writes (metadata included)."""
         return tensor_bytes(self.to_state().values())
+
+
+# (n, m) patterns `detect_nm` tries: what sparse tensor cores (2:4) and N:M pruning papers use
+NM_PATTERNS: tuple[tuple[int, int], ...] = ((1, 8), (1, 4), (2, 8), (2, 4), (4, 8))
+
+
+def fits_nm(kept: Tensor, n: int, m: int) -> bool:
+    """Whether the kept-entry mask (out, in) of a linear weight is n:m: in divisible by m and
+    at most n kept entries in every group of m consecutive inputs."""
+    rows, cols = kept.shape
+    if cols % m:
+        return False
+    return bool((kept.reshape(rows, -1, m).sum(2) <= n).all())
+
+
+def detect_nm(kept: Tensor, patterns: tuple[tuple[int, int], ...] = NM_PATTERNS
+              ) -> tuple[int, int] | None:
+    """The sparsest (n, m) of `patterns` the mask (out, in) fits (ties: the smaller m, fewer
+    index bytes per value), or None when it fits none."""
+    fitting = [p for p in patterns if fits_nm(kept, *p)]
+    return min(fitting, key=lambda p: (p[0] / p[1], p[1])) if fitting else None

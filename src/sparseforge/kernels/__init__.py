@@ -9,17 +9,19 @@ from .ops import (
     bsr_linear_reference,
     csr_linear,
     csr_linear_reference,
+    nm_linear,
+    nm_linear_reference,
     relu_gated_ffn,
     relu_gated_ffn_reference,
     sparse_input_linear,
     sparse_input_linear_reference,
 )
-from .sparse_conv import SparseConv2d
+from .sparse_conv import DirectSparseConv2d, SparseConv2d
 from .sparse_linear import SparseLinear
 
 __all__ = [
-    "ReluGatedFFN", "SparseConv2d", "SparseInputLinear", "SparseLinear", "bcr_linear",
-    "bcr_linear_reference", "bsr_linear", "bsr_linear_reference", "csr_linear",
-    "csr_linear_reference", "relu_gated_ffn", "relu_gated_ffn_reference", "sparse_input_linear",
+    "DirectSparseConv2d", "ReluGatedFFN", "SparseConv2d", "SparseInputLinear", "SparseLinear",
+    "bcr_linear", "bcr_linear_reference", "bsr_linear", "bsr_linear_reference", "csr_linear",
+    "csr_linear_reference", "nm_linear", "nm_linear_reference", "relu_gated_ffn", "relu_gated_ffn_reference", "sparse_input_linear",
     "sparse_input_linear_reference",
 ]

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sparseforge.formats import BCR, CSR
+from sparseforge.formats import BCR, CSR, NM
 from sparseforge.formats.bsr import from_tiles
 
 from . import extension
@@ -227,8 +227,7 @@ def bound_kernel(name: str) -> torch._ops.OpOverload:
     best ISA, built now), with `name`'s fake impl, so a graph can call the kernel itself instead
     of going through `name`'s Python CPU impl (graph/lower.py binds the calls it lowers to it).
     Same schema and results; `name` is one of the sparse linears."""
-    fakes = {"bsr_linear": _bsr_linear_fake, "bcr_linear": _bcr_linear_fake,
-             "csr_linear": _csr_linear_fake}
+    fakes = _BOUND_FAKES
     if name not in fakes:
         raise ValueError(f"no bound kernel for {name!r}; choose from {sorted(fakes)}")
     op = extension.kernel(name)
@@ -239,6 +238,9 @@ def bound_kernel(name: str) -> torch._ops.OpOverload:
 
 
 _BOUND: set[str] = set()  # C++ ops given a fake impl in this process
+# sparse linear -> its fake impl, for `bound_kernel` (nm_linear adds itself below)
+_BOUND_FAKES: dict = {"bsr_linear": _bsr_linear_fake, "bcr_linear": _bcr_linear_fake,
+                      "csr_linear": _csr_linear_fake}
 
 
 # --- Activation sparsity (ProSparse-style ReLU / FATReLU FFNs) -------------------------------
@@ -338,3 +340,87 @@ def relu_gated_ffn(
     down projections only for the neurons whose gate survives (C++ on CPU float32, Triton on
     CUDA)."""
     return torch.ops.sparseforge.relu_gated_ffn(x, w_gate, w_up, w_down_t, threshold)
+
+
+# --- N:M (semi-structured) ------------------------------------------------------------------
+# Arguments are the NM fields (sparseforge.formats.NM) of a linear weight (out_features, K):
+# values (out_features, K / m * n) and indices (same shape, uint8 / int16 / int32): entry j of
+# group g of row o is W[o, g * m + indices[o, g * n + j]]. CPU: csrc/cpu/nm_linear.cpp (float32);
+# CUDA: Triton (triton_sparse_linear.py), as are bsr_linear and bcr_linear below.
+
+lib.define(
+    "nm_linear(Tensor x, Tensor values, Tensor indices, Tensor? bias, int out_features, int n, "
+    f"int m, {_EPILOGUE_SCHEMA}) -> Tensor"
+)
+
+
+def nm_linear_reference(
+    x: Tensor, values: Tensor, indices: Tensor, bias: Tensor | None, out_features: int,
+    n: int, m: int, activation: str = "none", residual: Tensor | None = None,
+) -> Tensor:
+    """y = act(x @ W^T + b + residual) (see `epilogue_reference`) with W (out_features, K =
+    x.shape[-1]) in N:M form. Densifies W through `NM.to_dense`, then F.linear."""
+    weight = NM((out_features, x.shape[-1]), n, m, values, indices).to_dense()  # (N, K)
+    return epilogue_reference(F.linear(x, weight.to(x.dtype), bias), activation, residual)
+
+
+@torch.library.register_fake("sparseforge::nm_linear", lib=lib)
+def _nm_linear_fake(
+    x: Tensor, values: Tensor, indices: Tensor, bias: Tensor | None, out_features: int,
+    n: int, m: int, activation: str = "none", residual: Tensor | None = None,
+) -> Tensor:
+    torch._check(0 < n < m, lambda: f"N:M needs 0 < n < m, got {n}:{m}")
+    torch._check(values.dim() == 2 and indices.shape == values.shape,
+                 lambda: "values and indices must both be (out_features, K / m * n)")
+    torch._check(x.shape[-1] % m == 0, lambda: f"x's last dim must be a multiple of m={m}")
+    _check_epilogue((*x.shape[:-1], out_features), activation, residual)
+    return x.new_empty((*x.shape[:-1], out_features))  # (..., N)
+
+
+def _nm_linear_cpu(*args: object) -> Tensor:
+    return extension.kernel("nm_linear")(*args)
+
+
+lib.impl("nm_linear", _nm_linear_cpu, "CPU")
+
+
+def nm_linear(
+    x: Tensor, values: Tensor, indices: Tensor, bias: Tensor | None, out_features: int,
+    n: int, m: int, activation: str = "none", residual: Tensor | None = None,
+) -> Tensor:
+    """`torch.ops.sparseforge.nm_linear`: `nm_linear_reference` reading only the kept weights
+    (C++ on CPU float32, Triton on CUDA)."""
+    return torch.ops.sparseforge.nm_linear(
+        x, values, indices, bias, out_features, n, m, activation, residual
+    )
+
+
+_BOUND_FAKES["nm_linear"] = _nm_linear_fake
+
+
+# --- CUDA: the sparse linears through Triton ------------------------------------------------
+
+def _sparse_linear_triton() -> ModuleType:
+    from . import triton_sparse_linear  # imported here: keeps `import sparseforge` free of triton
+
+    if not triton_sparse_linear.has_triton():
+        raise RuntimeError("the sparse linears on CUDA run Triton kernels and triton is not "
+                           "installed; pip install triton, or call the *_reference twin")
+    return triton_sparse_linear
+
+
+def _bsr_linear_cuda(*args: object) -> Tensor:
+    return _sparse_linear_triton().bsr_linear(*args)
+
+
+def _bcr_linear_cuda(*args: object) -> Tensor:
+    return _sparse_linear_triton().bcr_linear(*args)
+
+
+def _nm_linear_cuda(*args: object) -> Tensor:
+    return _sparse_linear_triton().nm_linear(*args)
+
+
+lib.impl("bsr_linear", _bsr_linear_cuda, "CUDA")
+lib.impl("bcr_linear", _bcr_linear_cuda, "CUDA")
+lib.impl("nm_linear", _nm_linear_cuda, "CUDA")

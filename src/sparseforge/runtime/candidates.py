@@ -116,5 +116,67 @@ for _fmt, _block, _name in (
     ("bcr", (16, 16), "bcr16"), ("bcr", (8, 8), "bcr8"), ("csr", None, "csr"),
 ):
     register_candidate(Candidate(
-        _name, (nn.Linear, nn.Conv2d), _sparse_applies(_fmt, _block), _sparse_build(_fmt, _block)
+        _name, (nn.Linear, nn.Conv2d), _sparse_applies(_fmt, _block), _sparse_build(_fmt, _block),
+        targets=("cpu",) if _fmt == "csr" else ("cpu", "cuda"),  # BSR / BCR: Triton on CUDA
     ))
+
+
+def _direct_applies(module: nn.Module, mask: Tensor | None) -> bool | str:
+    """Direct sparse conv (kernels.sparse_conv.DirectSparseConv2d): float32, groups 1, dilation
+    1, numeric zero padding, some zero weight, a built kernel."""
+    from ..kernels.extension import kernel_available
+    from ..kernels.sparse_conv import direct_conv_unsupported
+
+    reason = direct_conv_unsupported(module)
+    if reason:
+        return reason
+    if bool(_kept(module, mask).all()):
+        return "no zero weight: nothing to skip"
+    if not kernel_available("sparse_conv2d"):
+        return "the direct sparse conv C++ kernel did not build here (see the warning)"
+    return True
+
+
+def _direct_build(module: nn.Module) -> nn.Module:
+    from ..kernels.sparse_conv import DirectSparseConv2d
+
+    return DirectSparseConv2d.from_conv(module)
+
+
+register_candidate(Candidate("direct", (nn.Conv2d,), _direct_applies, _direct_build))
+
+
+def _nm_applies(module: nn.Module, mask: Tensor | None) -> bool | str:
+    """N:M linear (kernels.SparseLinear format 'nm'): the mask fits one of
+    formats.nm.NM_PATTERNS (2:4, 1:4, 2:8, ...); float32 and a built kernel on CPU, float32 /
+    float16 / bfloat16 and triton on CUDA."""
+    from ..formats.nm import NM_PATTERNS, detect_nm
+
+    weight = module.weight
+    kept = _kept(module, mask)
+    if bool(kept.all()):
+        return "no zero weight: nothing to skip"
+    if detect_nm(kept.cpu()) is None:
+        return f"the mask is not N:M for any (n, m) in {NM_PATTERNS}"
+    if weight.device.type == "cuda":
+        from ..kernels.triton_sparse_linear import has_triton
+
+        if weight.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            return f"weight is {weight.dtype}; the Triton N:M kernel takes float32/16, bfloat16"
+        return True if has_triton() else "triton is not installed (pip install triton)"
+    from ..kernels.extension import kernel_available
+
+    if weight.dtype != torch.float32:
+        return f"weight is {weight.dtype}; the N:M CPU kernel is float32 only"
+    if not kernel_available("nm_linear"):
+        return "the N:M C++ kernel did not build here (see the warning)"
+    return True
+
+
+def _nm_build(module: nn.Module) -> nn.Module:
+    from ..kernels import SparseLinear
+
+    return SparseLinear.from_linear(module, format="nm")
+
+
+register_candidate(Candidate("nm", (nn.Linear,), _nm_applies, _nm_build, targets=("cpu", "cuda")))

@@ -4,7 +4,6 @@ the fastest candidate whose output equals dense replaces the layer in a baked co
 
 from __future__ import annotations
 
-import copy
 import functools
 import warnings
 from collections.abc import Iterable
@@ -15,10 +14,10 @@ from torch import Tensor, nn
 
 from ..profile import Timing
 from ..profile.latency import interleaved
-from ..sparsity.masks import bake_masks, get_mask, masked_modules, module_type_name
+from ..sparsity.masks import get_mask, masked_modules, module_type_name
 from .candidates import CANDIDATES, DENSE, Candidate, check
 from .capture import capture_inputs
-from .deployed import DeployedModel, set_submodule
+from .deployed import DeployedModel, prepare, set_submodule
 
 if TYPE_CHECKING:
     from ..graph.lower import Fusion
@@ -144,19 +143,22 @@ def deploy(
     rounds: int = 3,
     candidates: Iterable[str] | None = None,
     fuse: bool = False,
+    fold_bn: bool = False,
 ) -> DeployedModel:
     """Pick the fastest measured kernel for every Conv2d/Linear of `model` (masked or baked) on
     `target`, with each layer's real input from one forward of `example_input`; `candidates`
     limits the registered kernels tried (dense is always measured). `model` is not changed:
     the result holds a baked, eval-mode copy with the chosen layers replaced, and the plan.
     `fuse` then exports the deployed copy, plans its fusion and lowers it (`fuse_deployed`):
-    the result calls the fused module on inputs shaped like `example_input`."""
+    the result calls the fused module on inputs shaped like `example_input`. `fold_bn` first
+    folds every BatchNorm into the conv/linear before it (FuPruner's fold, exact in eval; zero
+    weights stay zero), so a sparse kernel's epilogue can take the ReLU and residual after it."""
     device = target_device(target)
     if repeats < 1 or rounds < 1:
         raise ValueError(f"repeats and rounds must be >= 1, got {repeats} and {rounds}")
     picked = _pick_candidates(candidates)
     masks = {n: get_mask(m) for n, m in masked_modules(model)}
-    work = bake_masks(copy.deepcopy(model)).to(device).eval()
+    work = prepare(model, device, fold_bn)
     x = example_input.to(device)
     layers = [(n, m) for n, m in work.named_modules() if isinstance(m, LAYER_TYPES)]
     if not layers:
@@ -172,6 +174,8 @@ def deploy(
     for name, new in replacements.items():
         set_submodule(work, name, new)
     settings: dict[str, Any] = {"repeats": repeats, "rounds": rounds}
+    if fold_bn:
+        settings["fold_bn"] = True
     fusion = None
     if fuse:
         settings["fuse"] = True

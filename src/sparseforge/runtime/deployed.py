@@ -96,9 +96,10 @@ class DeployedModel:
         if saved.get("format") != FORMAT_VERSION:
             raise ValueError(f"{path} has format {saved.get('format')}, this sparseforge reads "
                              f"{FORMAT_VERSION}; re-run `sparseforge deploy`")
-        module = apply_plan(model, saved["layers"], saved["target"])
-        _check_same_state(module.state_dict(), load_weights_only(directory / STATE_FILE), directory)
         settings, shape = saved.get("settings", {}), tuple(saved["example_input_shape"])
+        module = apply_plan(model, saved["layers"], saved["target"],
+                            fold_bn=settings.get("fold_bn", False))
+        _check_same_state(module.state_dict(), load_weights_only(directory / STATE_FILE), directory)
         fusion = None
         if settings.get("fuse"):  # the fused module is compiled code: made again, never stored
             from .deploy import fuse_deployed
@@ -108,9 +109,22 @@ class DeployedModel:
                    saved["machine"], fusion)
 
 
-def apply_plan(model: nn.Module, plan: list[dict[str, Any]], target: str) -> nn.Module:
-    """A baked copy of `model` on `target` with each layer replaced by its planned candidate."""
-    work = bake_masks(copy.deepcopy(model)).to(torch.device(target)).eval()
+def prepare(model: nn.Module, device: torch.device | str, fold_bn: bool = False) -> nn.Module:
+    """The module deploy picks kernels for: a baked, eval-mode copy of `model` on `device`,
+    with BatchNorm folded into the layer before it when `fold_bn`."""
+    work = bake_masks(copy.deepcopy(model)).to(torch.device(device)).eval()
+    if fold_bn:
+        from ..graph import fuse
+
+        work = fuse(work, bn=True, pad=False, affine=False, identity=False).module.eval()
+    return work
+
+
+def apply_plan(model: nn.Module, plan: list[dict[str, Any]], target: str,
+               fold_bn: bool = False) -> nn.Module:
+    """A baked copy of `model` on `target` (BatchNorm folded when `fold_bn`) with each layer
+    replaced by its planned candidate."""
+    work = prepare(model, target, fold_bn)
     for record in plan:
         if record["choice"] == DENSE:
             continue

@@ -31,7 +31,7 @@ def _test_batch(splits: Any, batch: int) -> Tensor:
 
 def deploy_run(
     run_dir: str | Path, target: str = "cpu", *, batch: int = 1, repeats: int = 20,
-    rounds: int = 3, fuse: bool = False,
+    rounds: int = 3, fuse: bool = False, fold_bn: bool = False,
 ) -> tuple[DeployedModel, Path]:
     """Deploy the run's trained model with `batch` test images as example input and save the
     plan and state to `<run_dir>/deploy/` (with `fuse`, also the fusion plan and lowering
@@ -40,7 +40,7 @@ def deploy_run(
 
     _, splits, model = load_run(run_dir)
     deployed = deploy(model, _test_batch(splits, batch), target, repeats=repeats, rounds=rounds,
-                      fuse=fuse)
+                      fuse=fuse, fold_bn=fold_bn)
     return deployed, deployed.save(Path(run_dir) / DEPLOY_DIR)
 
 
