@@ -15,7 +15,13 @@ from pathlib import Path
 import torch
 
 # variant -> extra compiler flags; "generic" is plain x86-64 (SSE2), the portable floor
-ISA_FLAGS: dict[str, tuple[str, ...]] = {"avx2": ("-mavx2", "-mfma"), "generic": ()}
+ISA_FLAGS: dict[str, tuple[str, ...]] = {
+    "avx512_vnni": ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mavx2", "-mfma"),
+    "avx2": ("-mavx2", "-mfma"),
+    "generic": (),
+}
+# the variants a kernel is built in unless it asks for others (`kernel(..., variants=...)`)
+DEFAULT_VARIANTS: tuple[str, ...] = ("avx2", "generic")
 _AVX2_OR_BETTER = {"AVX2", "AVX512"}
 CSRC = Path(__file__).resolve().parents[3] / "csrc" / "cpu"
 _PACKAGE_CSRC = CSRC  # CSRC may be pointed elsewhere (tests); this is the shipped source
@@ -40,14 +46,35 @@ def cache_dir() -> Path:
     return root / f"torch-{torch.__version__.replace('+', '_')}"
 
 
-def supported_isas() -> list[str]:
-    """The variants this CPU can run, best first."""
+@functools.cache
+def _cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none: not Linux)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def has_avx512_vnni() -> bool:
+    """Whether this CPU runs AVX-512 VNNI (vpdpbusd): torch reports AVX512 and the CPU lists
+    avx512_vnni, avx512bw and avx512vl (torch 2.14 exposes no VNNI query of its own)."""
+    return (torch.backends.cpu.get_cpu_capability() == "AVX512"
+            and {"avx512_vnni", "avx512bw", "avx512vl"} <= _cpu_flags())
+
+
+def supported_isas(variants: tuple[str, ...] = DEFAULT_VARIANTS) -> list[str]:
+    """Those of `variants` this CPU can run, best first (the existing kernels: avx2, generic)."""
     cap = torch.backends.cpu.get_cpu_capability()
-    return (["avx2"] if cap in _AVX2_OR_BETTER else []) + ["generic"]
+    runs = {"avx512_vnni": has_avx512_vnni(), "avx2": cap in _AVX2_OR_BETTER, "generic": True}
+    return [v for v in ISA_FLAGS if v in variants and runs[v]]
 
 
-def best_isa() -> str:
-    return supported_isas()[0]
+def best_isa(variants: tuple[str, ...] = DEFAULT_VARIANTS) -> str:
+    return supported_isas(variants)[0]
 
 
 def _first_error(text: str) -> str:
@@ -91,13 +118,14 @@ def load(name: str, variant: str, source: Path | None = None, op: str | None = N
         os.environ["PATH"] = path
 
 
-def kernel(name: str, variant: str | None = None, file: str | None = None) -> Callable[..., torch.Tensor]:
-    """The compiled op `sparseforge::_<name>_<variant>` (best supported variant by default),
-    building csrc/cpu/<file or name>.cpp on first use."""
-    variant = variant or best_isa()
-    if variant not in supported_isas():
+def kernel(name: str, variant: str | None = None, file: str | None = None,
+           variants: tuple[str, ...] = DEFAULT_VARIANTS) -> Callable[..., torch.Tensor]:
+    """The compiled op `sparseforge::_<name>_<variant>` (by default the best of `variants`
+    this CPU runs), building csrc/cpu/<file or name>.cpp on first use."""
+    variant = variant or best_isa(variants)
+    if variant not in supported_isas(variants):
         raise RuntimeError(f"this CPU ({torch.backends.cpu.get_cpu_capability()}) cannot run "
-                           f"the {variant!r} kernels; it supports {supported_isas()}")
+                           f"the {variant!r} variant of {name}; it runs {supported_isas(variants)}")
     load(file or name, variant, op=name)
     return getattr(torch.ops.sparseforge, f"_{name}_{variant}")
 
@@ -105,7 +133,8 @@ def kernel(name: str, variant: str | None = None, file: str | None = None) -> Ca
 _build_failed: set[str] = set()  # source files whose build failed in this process (warned once)
 
 
-def kernel_available(name: str, file: str | None = None) -> bool:
+def kernel_available(name: str, file: str | None = None,
+                     variants: tuple[str, ...] = DEFAULT_VARIANTS) -> bool:
     """Whether the C++ kernel `name` (from csrc/cpu/<file or name>.cpp) builds here; on the
     file's first failure warns once, naming the compiler error, so callers fall back to the
     PyTorch reference."""
@@ -113,7 +142,7 @@ def kernel_available(name: str, file: str | None = None) -> bool:
     if source in _build_failed:
         return False
     try:
-        kernel(name, file=file)
+        kernel(name, file=file, variants=variants)
     except ExtensionBuildError as e:
         _build_failed.add(source)
         warnings.warn(f"{e}; {name} falls back to the (slower) PyTorch reference",

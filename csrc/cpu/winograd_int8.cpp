@@ -1,0 +1,396 @@
+// LANCE int8 Winograd convolution F(m x m, 3 x 3), m = 2 or 4, stride 1, CPU.
+//
+// Three phases, each split across threads by at::parallel_for (OpenMP):
+//   1. input transform + quantize, per tile: V = B^T d B (fp32), q = round(V / v_scale[pos][c])
+//      clamped to -127..127, stored per position as (P tiles, Cs channels) rows;
+//   2. one int8 GEMM per transform position with int32 accumulation over channels,
+//      acc[pos] (P, Kp) = V[pos] (P, Cs) x U[pos] (Cs, Kp), blocked over tiles and out channels;
+//   3. per tile: M = (acc - comp) * out_scale[pos][k], Y = A^T M A, + bias, relu, stored NCHW.
+// U arrives packed (a*a, Cs/4, Kp, 4) int8 (quant/winograd.py pack_weights): 16 out channels x
+// 4 channels are one 64-byte row.
+//
+// Variants (SF_ISA, picked at run time by kernels/extension.py):
+//   avx512_vnni: V as uint8 (q + 128), vpdpbusd (u8 x s8 -> s32, 4 products per lane); the
+//                +128 shift is undone by comp = 128 * sum_c q_u (u_sum).
+//   avx2:        V as int16, U widened to int16, vpmaddwd (s16 x s16 -> s32, 2 per lane), as
+//                ncnn's int8 Winograd does: vpmaddubsw would saturate its int16 pair sums.
+//   generic:     V as int16, scalar int32 multiply-add.
+// All three give the same int32 accumulators (every product and sum is exact).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#if defined(__AVX512VNNI__) || defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+#ifndef SF_ISA
+#error "build with -DSF_ISA=<variant name>"
+#endif
+#define SF_STR2(x) #x
+#define SF_STR(x) SF_STR2(x)
+
+namespace {
+
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#define SF_VNNI 1
+using vtype = uint8_t;  // q + 128
+constexpr int32_t kShift = 128;
+#else
+#define SF_VNNI 0
+using vtype = int16_t;
+constexpr int32_t kShift = 0;
+#endif
+
+// B^T and A^T of F(2,3) and F(4,3) are quant/winograd.py `transforms`, written out term by
+// term in apply_bt / apply_at below.
+
+struct Problem {
+  int64_t N, C, H, W, K, ph, pw, Ho, Wo, th, tw, P, Cs, Kp;
+};
+
+constexpr int L = 16;  // channels per step of the transforms (one zmm of fp32; the loops over
+                       // these lanes are what the compiler vectorizes)
+
+
+// r[i] = sum_q BT[i][q] * d[q] and y[i] = sum_q AT[i][q] * m[q] on 16-lane vectors, written out
+// term by term (F(2,3)'s are adds only; no multiplications by the matrices' zeros).
+template <int M>
+inline void apply_bt(const float* const* d, float* const* r) {
+#pragma omp simd
+  for (int l = 0; l < L; ++l) {
+    if constexpr (M == 2) {
+      const float d0 = d[0][l], d1 = d[1][l], d2 = d[2][l], d3 = d[3][l];
+      r[0][l] = d0 - d2; r[1][l] = d1 + d2; r[2][l] = d2 - d1; r[3][l] = d1 - d3;
+    } else {
+      const float d0 = d[0][l], d1 = d[1][l], d2 = d[2][l], d3 = d[3][l], d4 = d[4][l], d5 = d[5][l];
+      r[0][l] = 4.0f * d0 - 5.0f * d2 + d4;
+      r[1][l] = -4.0f * d1 - 4.0f * d2 + d3 + d4;
+      r[2][l] = 4.0f * d1 - 4.0f * d2 - d3 + d4;
+      r[3][l] = -2.0f * d1 - d2 + 2.0f * d3 + d4;
+      r[4][l] = 2.0f * d1 - d2 - 2.0f * d3 + d4;
+      r[5][l] = 4.0f * d1 - 5.0f * d3 + d5;
+    }
+  }
+}
+
+template <int M>
+inline void apply_at(const float* const* m, float* const* y) {
+#pragma omp simd
+  for (int l = 0; l < L; ++l) {
+    if constexpr (M == 2) {
+      const float m0 = m[0][l], m1 = m[1][l], m2 = m[2][l], m3 = m[3][l];
+      y[0][l] = m0 + m1 + m2; y[1][l] = m1 - m2 - m3;
+    } else {
+      const float m0 = m[0][l], m1 = m[1][l], m2 = m[2][l], m3 = m[3][l], m4 = m[4][l], m5 = m[5][l];
+      const float a = m1 + m2, b = m1 - m2, c = m3 + m4, e = m3 - m4;
+      y[0][l] = m0 + a + c; y[1][l] = b + 2.0f * e; y[2][l] = a + 4.0f * c; y[3][l] = b + 8.0f * e + m5;
+    }
+  }
+}
+
+// Phase 1 for tiles [p0, p1): V (a*a, P, Cs) quantized; 16 channels gathered from x (NCHW)
+// per step, so every transform step is a 16-lane vector op.
+template <int M>
+void input_tiles(const Problem& s, const float* x, const float* inv, vtype* V, int64_t p0,
+                 int64_t p1) {
+  constexpr int A = M + 2;
+  for (int64_t p = p0; p < p1; ++p) {
+    const int64_t n = p / (s.th * s.tw), ty = (p / s.tw) % s.th, tx = p % s.tw;
+    const int64_t y0 = ty * M - s.ph, x0 = tx * M - s.pw;
+    for (int64_t c0 = 0; c0 < s.Cs; c0 += L) {
+      const int64_t cl = std::max<int64_t>(0, std::min<int64_t>(L, s.C - c0));  // real channels
+      const int64_t cn = std::min<int64_t>(L, s.Cs - c0);                        // stored channels
+      float d[A][A][L];
+      for (int i = 0; i < A; ++i)
+        for (int j = 0; j < A; ++j) {
+          const int64_t yy = y0 + i, xx = x0 + j;
+          const bool inside = yy >= 0 && yy < s.H && xx >= 0 && xx < s.W;
+          const int64_t plane = s.H * s.W;  // NCHW: the 16 channels are planes apart
+          const float* src = x + ((n * s.C + c0) * s.H + yy) * s.W + xx;
+          if (inside && cl == L) {
+            for (int l = 0; l < L; ++l) d[i][j][l] = src[l * plane];
+          } else {
+            for (int l = 0; l < L; ++l) d[i][j][l] = (inside && l < cl) ? src[l * plane] : 0.0f;
+          }
+        }
+      float t[A][A][L], v[A][A][L];
+      for (int j = 0; j < A; ++j) {  // t = B^T d, column j
+        const float* din[A];
+        float* tout[A];
+        for (int q = 0; q < A; ++q) din[q] = d[q][j], tout[q] = t[q][j];
+        apply_bt<M>(din, tout);
+      }
+      for (int i = 0; i < A; ++i) {  // v = t B, row i: apply B^T to the row
+        const float* tin[A];
+        float* vout[A];
+        for (int q = 0; q < A; ++q) tin[q] = t[i][q], vout[q] = v[i][q];
+        apply_bt<M>(tin, vout);
+      }
+      for (int i = 0; i < A; ++i)
+        for (int j = 0; j < A; ++j) {
+          const int xi = i * A + j;
+          const float* iv = inv + xi * (s.Cs + L) + c0;  // rows padded to Cs + L
+          vtype* dst = V + (xi * s.P + p) * s.Cs + c0;
+          vtype q8[L];
+          for (int l = 0; l < L; ++l) {
+            float r = std::nearbyint(v[i][j][l] * iv[l]);  // half to even, like torch.round
+            r = std::min(127.0f, std::max(-127.0f, r));
+            q8[l] = static_cast<vtype>(static_cast<int32_t>(r) + kShift);
+          }
+          std::memcpy(dst, q8, cn * sizeof(vtype));
+        }
+    }
+  }
+}
+
+// Phase 2 micro-kernels: acc rows [p, p + PT) x out channels [k0, k0 + 16 * NK) of one
+// position. V: row p of that position; U: (Cb, Kp, 4) of that position, at column k0.
+#if SF_VNNI
+template <int PT, int NK>
+void micro(const vtype* V, int64_t Cs, const int8_t* U, int64_t Kp, int32_t* acc) {
+  __m512i c[PT][NK];
+  for (int t = 0; t < PT; ++t)
+    for (int j = 0; j < NK; ++j) c[t][j] = _mm512_setzero_si512();
+  const int64_t Cb = Cs / 4;
+  for (int64_t cb = 0; cb < Cb; ++cb) {
+    __m512i u[NK];
+    for (int j = 0; j < NK; ++j) u[j] = _mm512_loadu_si512(U + (cb * Kp + 16 * j) * 4);
+    for (int t = 0; t < PT; ++t) {
+      int32_t quad;
+      std::memcpy(&quad, V + t * Cs + cb * 4, 4);
+      const __m512i v = _mm512_set1_epi32(quad);
+      for (int j = 0; j < NK; ++j) c[t][j] = _mm512_dpbusd_epi32(c[t][j], v, u[j]);
+    }
+  }
+  for (int t = 0; t < PT; ++t)
+    for (int j = 0; j < NK; ++j) _mm512_storeu_si512(acc + t * Kp + 16 * j, c[t][j]);
+}
+constexpr int kPT = 6, kNK = 4;  // 24 zmm accumulators + 4 U rows + 1 broadcast
+#elif defined(__AVX2__)
+template <int PT, int NK>
+void micro(const vtype* V, int64_t Cs, const int8_t* U, int64_t Kp, int32_t* acc) {
+  // per 4 out channels: 16 int8 (4 k x 4 c) widened to int16; madd with (v0 v1 v2 v3) x 4 gives
+  // lanes [k:c01, k:c23] for the 4 k, summed pairwise when stored.
+  __m256i c[PT][4 * NK];
+  for (int t = 0; t < PT; ++t)
+    for (int j = 0; j < 4 * NK; ++j) c[t][j] = _mm256_setzero_si256();
+  const int64_t Cb = Cs / 4;
+  for (int64_t cb = 0; cb < Cb; ++cb) {
+    __m256i u[4 * NK];
+    for (int j = 0; j < 4 * NK; ++j)
+      u[j] = _mm256_cvtepi8_epi16(
+          _mm_loadu_si128(reinterpret_cast<const __m128i*>(U + (cb * Kp + 4 * j) * 4)));
+    for (int t = 0; t < PT; ++t) {
+      int64_t quad;
+      std::memcpy(&quad, V + t * Cs + cb * 4, 8);
+      const __m256i v = _mm256_set1_epi64x(quad);
+      for (int j = 0; j < 4 * NK; ++j) c[t][j] = _mm256_add_epi32(c[t][j], _mm256_madd_epi16(v, u[j]));
+    }
+  }
+  for (int t = 0; t < PT; ++t)
+    for (int j = 0; j < 4 * NK; ++j) {
+      alignas(32) int32_t l[8];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(l), c[t][j]);
+      for (int q = 0; q < 4; ++q) acc[t * Kp + 4 * j + q] = l[2 * q] + l[2 * q + 1];
+    }
+}
+constexpr int kPT = 2, kNK = 1;  // 8 ymm accumulators + 4 U rows + 1 broadcast
+#else
+template <int PT, int NK>
+void micro(const vtype* V, int64_t Cs, const int8_t* U, int64_t Kp, int32_t* acc) {
+  int32_t c[PT][16 * NK] = {};
+  for (int64_t ch = 0; ch < Cs; ++ch) {
+    const int8_t* u = U + (ch / 4) * Kp * 4 + ch % 4;
+    for (int t = 0; t < PT; ++t) {
+      const int32_t v = V[t * Cs + ch];
+      for (int k = 0; k < 16 * NK; ++k) c[t][k] += v * static_cast<int32_t>(u[k * 4]);
+    }
+  }
+  for (int t = 0; t < PT; ++t)
+    for (int k = 0; k < 16 * NK; ++k) acc[t * Kp + k] = c[t][k];
+}
+constexpr int kPT = 4, kNK = 1;
+#endif
+
+template <int PT>
+void micro_k(const vtype* V, int64_t Cs, const int8_t* U, int64_t Kp, int32_t* acc, int64_t nk) {
+  switch (nk) {  // out-channel blocks of 16 left in this block (at most kNK)
+    case 1: return micro<PT, 1>(V, Cs, U, Kp, acc);
+#if SF_VNNI
+    case 2: return micro<PT, 2>(V, Cs, U, Kp, acc);
+    case 3: return micro<PT, 3>(V, Cs, U, Kp, acc);
+    case 4: return micro<PT, 4>(V, Cs, U, Kp, acc);
+#endif
+    default: TORCH_CHECK(false, "internal: bad out-channel block");
+  }
+}
+
+template <int PT>
+void rows(const vtype* V, int64_t Cs, const int8_t* U, int64_t Kp, int32_t* acc, int64_t pt,
+          int64_t nk) {
+  if constexpr (PT > 1) {
+    if (pt < PT) return rows<PT - 1>(V, Cs, U, Kp, acc, pt, nk);
+  }
+  micro_k<PT>(V, Cs, U, Kp, acc, nk);
+}
+
+// Phase 2: acc (a*a, P, Kp) = V (a*a, P, Cs) x U (a*a, Cs, Kp), jobs over (position, tile
+// block, out-channel block).
+void gemm(const Problem& s, int A2, const vtype* V, const int8_t* U, int32_t* acc) {
+  constexpr int64_t kTileBlock = kPT * 8;  // tiles per job: V rows reused across the K block
+  const int64_t pb = (s.P + kTileBlock - 1) / kTileBlock, kb = s.Kp / (16 * kNK) + (s.Kp % (16 * kNK) != 0);
+  at::parallel_for(0, A2 * pb * kb, 1, [&](int64_t j0, int64_t j1) {
+    for (int64_t job = j0; job < j1; ++job) {
+      const int64_t xi = job / (pb * kb), bp = (job / kb) % pb, bk = job % kb;
+      const int64_t k0 = bk * 16 * kNK, nk = std::min<int64_t>(kNK, (s.Kp - k0) / 16);
+      const vtype* Vx = V + xi * s.P * s.Cs;
+      const int8_t* Ux = U + xi * s.Cs * s.Kp + k0 * 4;
+      int32_t* accx = acc + xi * s.P * s.Kp + k0;
+      const int64_t pend = std::min(s.P, (bp + 1) * kTileBlock);
+      for (int64_t p = bp * kTileBlock; p < pend; p += kPT) {
+        const int64_t pt = std::min<int64_t>(kPT, pend - p);
+        rows<kPT>(Vx + p * s.Cs, s.Cs, Ux, s.Kp, accx + p * s.Kp, pt, nk);
+      }
+    }
+  });
+}
+
+// Phase 3 for tiles [p0, p1): dequantize, Y = A^T M A, bias, relu (16 out channels per vector
+// step), stored NCHW.
+template <int M>
+void output_tiles(const Problem& s, const int32_t* acc, const int32_t* u_sum, const float* oscale,
+                  const float* bias, bool relu, float* out, int64_t p0, int64_t p1) {
+  constexpr int A = M + 2;
+  for (int64_t p = p0; p < p1; ++p) {
+    const int64_t n = p / (s.th * s.tw), ty = (p / s.tw) % s.th, tx = p % s.tw;
+    for (int64_t k0 = 0; k0 < s.K; k0 += L) {
+      const int64_t kn = std::min<int64_t>(L, s.K - k0);
+      float m[A][A][L];
+      for (int xi = 0; xi < A * A; ++xi) {
+        const int32_t* a = acc + (xi * s.P + p) * s.Kp + k0;  // Kp >= k0 + 16: always readable
+        const int32_t* us = u_sum + xi * s.Kp + k0;
+        const float* sc = oscale + xi * s.Kp + k0;
+        for (int l = 0; l < L; ++l)
+          m[xi / A][xi % A][l] = static_cast<float>(a[l] - kShift * us[l]) * sc[l];
+      }
+      float t[M][A][L], y[M][M][L];
+      for (int j = 0; j < A; ++j) {  // t = A^T m, column j
+        const float* min_[A];
+        float* tout[M];
+        for (int q = 0; q < A; ++q) min_[q] = m[q][j];
+        for (int i = 0; i < M; ++i) tout[i] = t[i][j];
+        apply_at<M>(min_, tout);
+      }
+      for (int i = 0; i < M; ++i) {  // y = t A, row i
+        const float* tin[A];
+        float* yout[M];
+        for (int q = 0; q < A; ++q) tin[q] = t[i][q];
+        for (int j = 0; j < M; ++j) yout[j] = y[i][j];
+        apply_at<M>(tin, yout);
+      }
+      float b[L];
+      for (int l = 0; l < L; ++l) b[l] = bias ? bias[std::min<int64_t>(k0 + l, s.K - 1)] : 0.0f;
+      for (int i = 0; i < M; ++i) {
+        const int64_t yy = ty * M + i;
+        if (yy >= s.Ho) break;
+        for (int j = 0; j < M; ++j) {
+          const int64_t xx = tx * M + j;
+          if (xx >= s.Wo) break;
+          float v[L];
+          for (int l = 0; l < L; ++l) v[l] = y[i][j][l] + b[l];
+          if (relu)
+            for (int l = 0; l < L; ++l) v[l] = std::max(v[l], 0.0f);
+          float* o = out + ((n * s.K + k0) * s.Ho + yy) * s.Wo + xx;  // NCHW: 16 planes
+          for (int64_t l = 0; l < kn; ++l) o[l * s.Ho * s.Wo] = v[l];
+        }
+      }
+    }
+  }
+}
+
+// u_sum, out_scale (a*a, K) and 1 / v_scale (a*a, C) zero-padded to Kp / Cs columns, so the
+// 16-lane loops never read past a row.
+at::Tensor padded(const at::Tensor& t, int64_t cols) {
+  if (t.size(1) == cols) return t.contiguous();
+  at::Tensor out = at::zeros({t.size(0), cols}, t.options());
+  out.narrow(1, 0, t.size(1)).copy_(t);
+  return out;
+}
+
+template <int M>
+at::Tensor run(const Problem& s, const at::Tensor& x, const at::Tensor& up, const at::Tensor& us,
+               const at::Tensor& vs, const at::Tensor& os, const at::Tensor& b, bool relu) {
+  constexpr int A2 = (M + 2) * (M + 2);
+  const at::Tensor inv = padded(vs.reciprocal(), s.Cs + L);  // fp32 1 / scale, as the reference
+  const at::Tensor usp = padded(us, s.Kp), osp = padded(os, s.Kp);
+  at::Tensor Vt = at::empty({A2, s.P, s.Cs}, x.options().dtype(kShift ? at::kByte : at::kShort));
+  at::Tensor acct = at::empty({A2, s.P, s.Kp}, x.options().dtype(at::kInt));
+  vtype* V = reinterpret_cast<vtype*>(Vt.data_ptr());
+  int32_t* acc = acct.data_ptr<int32_t>();
+  at::parallel_for(0, s.P, 1, [&](int64_t p0, int64_t p1) {
+    input_tiles<M>(s, x.data_ptr<float>(), inv.data_ptr<float>(), V, p0, p1);
+  });
+  gemm(s, A2, V, up.data_ptr<int8_t>(), acc);
+  at::Tensor out = at::empty({s.N, s.K, s.Ho, s.Wo}, x.options());
+  const float* bp = b.defined() ? b.data_ptr<float>() : nullptr;
+  at::parallel_for(0, s.P, 1, [&](int64_t p0, int64_t p1) {
+    output_tiles<M>(s, acc, usp.data_ptr<int32_t>(), osp.data_ptr<float>(), bp, relu,
+                    out.data_ptr<float>(), p0, p1);
+  });
+  return out;
+}
+
+at::Tensor winograd_int8_conv2d(const at::Tensor& x_in, const at::Tensor& u_packed,
+                                const at::Tensor& u_sum, const at::Tensor& v_scale,
+                                const at::Tensor& out_scale, const std::optional<at::Tensor>& bias,
+                                int64_t tile, at::IntArrayRef padding, bool relu) {
+  TORCH_CHECK(tile == 2 || tile == 4, "tile must be 2 (F(2,3)) or 4 (F(4,3)), got ", tile);
+  TORCH_CHECK(x_in.dim() == 4 && x_in.scalar_type() == at::kFloat, "x must be float32 (N, C, H, W)");
+  TORCH_CHECK(padding.size() == 2 && padding[0] >= 0 && padding[1] >= 0, "padding must be [ph, pw] >= 0");
+  const int64_t A2 = (tile + 2) * (tile + 2);
+  const at::Tensor x = x_in.contiguous();
+  Problem s{};
+  s.N = x.size(0); s.C = x.size(1); s.H = x.size(2); s.W = x.size(3);
+  s.K = out_scale.size(1); s.ph = padding[0]; s.pw = padding[1];
+  s.Ho = s.H + 2 * s.ph - 2; s.Wo = s.W + 2 * s.pw - 2;
+  TORCH_CHECK(s.Ho >= 1 && s.Wo >= 1, "input smaller than the 3x3 kernel after padding");
+  s.th = (s.Ho + tile - 1) / tile; s.tw = (s.Wo + tile - 1) / tile; s.P = s.N * s.th * s.tw;
+  TORCH_CHECK(u_packed.scalar_type() == at::kChar && u_packed.dim() == 4 && u_packed.size(0) == A2 &&
+                  u_packed.size(1) == (s.C + 3) / 4 && u_packed.size(3) == 4 &&
+                  u_packed.size(2) % 16 == 0 && u_packed.size(2) >= s.K,
+              "u_packed must be int8 (a*a, ceil(C/4), Kp, 4) from pack_weights, got ",
+              u_packed.scalar_type(), " ", u_packed.sizes());
+  s.Cs = u_packed.size(1) * 4; s.Kp = u_packed.size(2);
+  TORCH_CHECK(u_sum.scalar_type() == at::kInt && u_sum.sizes() == at::IntArrayRef({A2, s.K}),
+              "u_sum must be int32 (a*a, K)");
+  TORCH_CHECK(v_scale.scalar_type() == at::kFloat && v_scale.sizes() == at::IntArrayRef({A2, s.C}),
+              "v_scale must be float32 (a*a, C)");
+  TORCH_CHECK(out_scale.scalar_type() == at::kFloat && out_scale.dim() == 2 && out_scale.size(0) == A2,
+              "out_scale must be float32 (a*a, K)");
+  at::Tensor b;
+  if (bias.has_value()) {
+    b = bias->contiguous();
+    TORCH_CHECK(b.scalar_type() == at::kFloat && b.numel() == s.K, "bias must be float32 (K,)");
+  }
+  const at::Tensor up = u_packed.contiguous(), us = u_sum.contiguous(), vs = v_scale.contiguous(),
+                   os = out_scale.contiguous();
+  return tile == 2 ? run<2>(s, x, up, us, vs, os, b, relu) : run<4>(s, x, up, us, vs, os, b, relu);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(sparseforge, m) {
+  m.def("_winograd_int8_conv2d_" SF_STR(SF_ISA)
+        "(Tensor x, Tensor u_packed, Tensor u_sum, Tensor v_scale, Tensor out_scale, "
+        "Tensor? bias, int tile, int[] padding, bool relu) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(sparseforge, CPU, m) {
+  m.impl("_winograd_int8_conv2d_" SF_STR(SF_ISA), &winograd_int8_conv2d);
+}

@@ -1,0 +1,71 @@
+"""`sparseforge::winograd_int8_conv2d`: LANCE int8 Winograd 3x3 stride-1 conv, on the shared
+`lib` fragment of ops.py: schema, fake impl, CPU impl (csrc/cpu/winograd_int8.cpp, built per ISA:
+avx512_vnni, avx2, generic, picked at run time), CUDA impl (triton_winograd.py). What it
+computes is `winograd_int8_reference` (quant/winograd.py); arguments come from
+`pack_weights` / `quantize_weights` there (`WinogradConv2d` builds them)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..quant.winograd import tile_grid, winograd_int8_reference
+from . import extension
+from .ops import lib
+
+VARIANTS = ("avx512_vnni", "avx2", "generic")  # the ISA variants this kernel is built in
+FILE = "winograd_int8"
+
+lib.define(
+    "winograd_int8_conv2d(Tensor x, Tensor u_packed, Tensor u_sum, Tensor v_scale, "
+    "Tensor out_scale, Tensor? bias, int tile, int[] padding, bool relu) -> Tensor"
+)
+
+winograd_int8_conv2d_reference = winograd_int8_reference  # the op's pure-PyTorch twin
+
+
+@torch.library.register_fake("sparseforge::winograd_int8_conv2d", lib=lib)
+def _winograd_int8_conv2d_fake(
+    x: Tensor, u_packed: Tensor, u_sum: Tensor, v_scale: Tensor, out_scale: Tensor,
+    bias: Tensor | None, tile: int, padding: list[int], relu: bool,
+) -> Tensor:
+    torch._check(tile in (2, 4), lambda: f"tile must be 2 or 4, got {tile}")
+    torch._check(x.dim() == 4, lambda: "x must be (N, C, H, W)")
+    torch._check(u_packed.dim() == 4 and u_packed.dtype == torch.int8,
+                 lambda: "u_packed must be int8 (a*a, ceil(C/4), Kp, 4): use pack_weights")
+    ho, wo, _, _ = tile_grid(x.shape[2], x.shape[3], tile, (padding[0], padding[1]))
+    return x.new_empty((x.shape[0], out_scale.shape[1], ho, wo))  # (N, K, Ho, Wo)
+
+
+def cpu_kernel(variant: str | None = None) -> torch._ops.OpOverloadPacket:
+    """The compiled C++ op for `variant` (default: the best this CPU runs), built on first use."""
+    return extension.kernel("winograd_int8_conv2d", variant, file=FILE, variants=VARIANTS)
+
+
+def _winograd_int8_conv2d_cpu(*args: object) -> Tensor:
+    if not extension.kernel_available("winograd_int8_conv2d", file=FILE, variants=VARIANTS):
+        return winograd_int8_reference(*args)
+    return cpu_kernel()(*args)
+
+
+def _winograd_int8_conv2d_cuda(*args: object) -> Tensor:
+    from . import triton_winograd  # imported here: keeps `import sparseforge` free of triton
+
+    if not triton_winograd.has_triton():
+        raise RuntimeError("sparseforge::winograd_int8_conv2d on CUDA runs a Triton kernel and "
+                           "triton is not installed; pip install triton, or call "
+                           "winograd_int8_conv2d_reference")
+    return triton_winograd.winograd_int8_conv2d(*args)
+
+
+lib.impl("winograd_int8_conv2d", _winograd_int8_conv2d_cpu, "CPU")
+lib.impl("winograd_int8_conv2d", _winograd_int8_conv2d_cuda, "CUDA")
+
+
+def winograd_int8_conv2d(
+    x: Tensor, u_packed: Tensor, u_sum: Tensor, v_scale: Tensor, out_scale: Tensor,
+    bias: Tensor | None, tile: int, padding: list[int], relu: bool,
+) -> Tensor:
+    """`torch.ops.sparseforge.winograd_int8_conv2d`: the fast path of `winograd_int8_reference`."""
+    return torch.ops.sparseforge.winograd_int8_conv2d(
+        x, u_packed, u_sum, v_scale, out_scale, bias, tile, list(padding), relu)
