@@ -115,6 +115,21 @@ def _profile_memory(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quantize(args: argparse.Namespace) -> int:
+    from .quant.mixed_run import quantize_config, quantize_run, summary_markdown
+
+    config = quantize_config(
+        args.run_dir, args.recipe, mode=args.mode, calibration_batches=args.calibration_batches,
+        bits=args.bits, criterion=args.criterion, solver=args.solver, trials=args.trials,
+        weight_bytes=args.weight_bytes, accuracy_drop=args.accuracy_drop,
+    )
+    summary = quantize_run(args.run_dir, config, args.out, latency=args.latency,
+                           batch_sizes=args.batch_sizes, repeats=args.repeats)
+    print(summary_markdown(summary))
+    print(f"written to {Path(args.out) / 'quantize.json'} and quantize.md")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -208,6 +223,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="wrap the model's blocks in activation checkpointing first")
     m.add_argument("--out", help="folder to write (default runs/memory/<recipe name>)")
     m.set_defaults(fn=_profile_memory)
+
+    q = sub.add_parser(
+        "quantize", help="PTQ or mixed-precision search on a trained run; compare fp32, int8, "
+                         "mixed (and sparse+int8): accuracy, weight bytes, latency")
+    q.add_argument("run_dir", help="run folder written by train or compress")
+    q.add_argument("--out", required=True, help="folder for quantize.json/.md and the plots")
+    q.add_argument("--recipe", help="YAML whose `quantize:` section to use (default: the run's "
+                                    "own recipe's, else defaults); flags below override it")
+    q.add_argument("--mode", choices=["ptq", "mixed"])
+    q.add_argument("--calibration-batches", type=int, metavar="N")
+    q.add_argument("--bits", type=int, nargs="+", metavar="B", help="widths to choose from")
+    q.add_argument("--criterion", choices=["loss", "hessian"])
+    q.add_argument("--solver", choices=["dp", "optuna"])
+    q.add_argument("--trials", type=int, metavar="N", help="optuna evaluations")
+    budget = q.add_mutually_exclusive_group()
+    budget.add_argument("--weight-bytes", type=float, metavar="RATIO",
+                        help="weight bytes budget as a share of uniform int8 (0.75 = 25%% fewer)")
+    budget.add_argument("--accuracy-drop", type=float, metavar="POINTS",
+                        help="validation accuracy points below fp32 allowed; minimises bytes")
+    q.add_argument("--latency", action=argparse.BooleanOptionalAction, default=True,
+                   help="time fp32 and int8 (inductor compiles; slow on the first call)")
+    q.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64], metavar="N")
+    q.add_argument("--repeats", type=int, default=10, help="timed calls per model and round")
+    q.set_defaults(fn=_quantize)
 
     from .edge.commands import add_edge_commands
 

@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .algorithms import MODIFIERS
+from .quant.config import QuantizeConfig
 
 
 class RecipeError(ValueError):
@@ -139,6 +140,7 @@ class Recipe(_Strict):
     train: TrainConfig = TrainConfig()
     modifiers: list[ModifierConfig] = []
     structured: StructuredConfig | None = None
+    quantize: QuantizeConfig | None = None  # read by `sparseforge quantize RUN_DIR`
     output: OutputConfig = OutputConfig()
 
     @model_validator(mode="after")
