@@ -193,6 +193,12 @@ def bench_runs(run_dirs: list[Path], args: argparse.Namespace) -> None:
         rows.append((run.name, summary["compressed"]["test_accuracy"],
                      count_flops(model, x1).dense_flops, sum(p.numel() for p in model.parameters())))
     shape = tuple(splits.test.tensors[0].shape[1:])
+    if args.fold_bn:  # the same deploy-time folding on every side, dense included
+        from sparseforge.graph import fuse
+
+        models = {name: fuse(m, bn=True, pad=False, affine=False, identity=False).module
+                  for name, m in models.items()}
+        print("BatchNorm folded into the convolutions of every model (dense included)")
     lat = compare_latency(models, shape, args.batches, threads=args.threads, rounds=args.rounds,
                           repeats=args.repeats)
     ref = rows[0]
@@ -217,6 +223,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=4, help="calls per model per round")
     ap.add_argument("--runs", type=Path, nargs="+",
                     help="instead: trained run folders, the first the dense reference")
+    ap.add_argument("--fold-bn", action="store_true",
+                    help="with --runs: fold BatchNorm into the convs of every model before timing")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: 64x64 input, ratio 0.5, batches 1 and 4, 2x3 repeats")
     args = ap.parse_args()
