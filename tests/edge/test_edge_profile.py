@@ -6,9 +6,9 @@ import torch
 
 from sparseforge.cli import build_parser
 from sparseforge.edge.cloud import time_tails
-from sparseforge.edge.commands import read_token
 from sparseforge.edge.planner import plan
 from sparseforge.edge.profile import accuracy_drop, profile_splits
+from sparseforge.edge.server import read_token
 from sparseforge.edge.splits import split_model
 from sparseforge.models.cnn import CompactCNN
 

@@ -10,6 +10,7 @@ import hmac
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import torch
 from aiohttp import web
@@ -129,6 +130,15 @@ class ServerThread:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def read_token(path: str | Path) -> str:
+    """The shared secret from a file (surrounding whitespace dropped); it must not be empty."""
+    token = Path(path).read_text().strip()
+    if len(token) < 16:
+        raise ValueError(f"token file {path} holds {len(token)} characters; use at least 16, "
+                         "e.g. `python -c 'import secrets; print(secrets.token_urlsafe())' > F`")
+    return token
 
 
 def serve(app: web.Application, host: str = DEFAULT_HOST, port: int = 8080) -> None:
