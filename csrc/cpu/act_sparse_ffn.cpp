@@ -34,16 +34,9 @@
 
 namespace {
 
-// Eight floats as one value; GCC lowers it to one AVX register or two SSE ones per variant.
-typedef float vf8 __attribute__((vector_size(32)));
-
-inline vf8 load8(const float* p) {
-  vf8 v;
-  __builtin_memcpy(&v, p, sizeof v);
-  return v;
-}
-
-inline void store8(float* p, vf8 v) { __builtin_memcpy(p, &v, sizeof v); }
+using sparseforge::load8;
+using sparseforge::store8;
+using sparseforge::vf8;
 
 // The nonzero rows of an activation (B, K): idx (nact,) ascending, vals (nact, B) with
 // vals[j * B + b] = a[b, idx[j]] (zero where token b does not use row idx[j]).

@@ -110,14 +110,8 @@ void dispatch_kr(const Problem& p, const Group<bid_t, sid_t>& g, int64_t nb, flo
   }
 }
 
-// Eight floats as one value; GCC lowers it to one AVX register or two SSE ones per variant.
-typedef float vf8 __attribute__((vector_size(32)));
-
-inline vf8 load8(const float* p) {
-  vf8 v;
-  __builtin_memcpy(&v, p, sizeof v);
-  return v;
-}
+using sparseforge::load8;
+using sparseforge::vf8;
 
 // Batch >= 8: block q against batch columns [b0, b0 + 8 * NV) of xt (K, Bp), adding into
 // out_t (N, Bp). Each kept row is one dot over the kc kept columns, computed for 8 * NV batch

@@ -105,6 +105,17 @@ struct Epilogue {
   }
 };
 
+// Eight floats as one value; GCC lowers it to one AVX register or two SSE ones per variant.
+typedef float vf8 __attribute__((vector_size(32)));
+
+inline vf8 load8(const float* p) {
+  vf8 v;
+  __builtin_memcpy(&v, p, sizeof v);
+  return v;
+}
+
+inline void store8(float* p, vf8 v) { __builtin_memcpy(p, &v, sizeof v); }
+
 // The part of the epilogue applied after the kernel: GELU (exact or tanh), in place.
 inline void finish(at::Tensor& out, Activation act) {
   if (act == Activation::kGelu) at::gelu_(out, "none");

@@ -68,14 +68,8 @@ void rows_b1(const Problem<index_t>& p, const float* __restrict x) {
   }
 }
 
-// Eight floats as one value; GCC lowers it to one AVX register or two SSE ones per variant.
-typedef float vf8 __attribute__((vector_size(32)));
-
-inline vf8 load8(const float* p) {
-  vf8 v;
-  __builtin_memcpy(&v, p, sizeof v);
-  return v;
-}
+using sparseforge::load8;
+using sparseforge::vf8;
 
 // Row o for batch columns [b0, b0 + 8 * NV) of xt (K, Bp); off[q] = column(q) * Bp, decoded.
 template <int NV, typename index_t>

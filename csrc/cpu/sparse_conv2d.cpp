@@ -35,14 +35,8 @@ struct Geometry {
   int64_t row_stride;    // floats between output rows in the input: sh * sw * Wq
 };
 
-// Eight floats as one value; GCC lowers it to one AVX register or two SSE ones per variant.
-typedef float vf8 __attribute__((vector_size(32)));
-
-inline vf8 load8(const float* p) {
-  vf8 v;
-  __builtin_memcpy(&v, p, sizeof v);
-  return v;
-}
+using sparseforge::load8;
+using sparseforge::vf8;
 
 // One 8-wide piece of an output plane: output row r, columns [c0, c0 + len), len <= 8.
 struct Piece {

@@ -1,4 +1,5 @@
-"""Latency vs bandwidth: all-edge, all-cloud and the collaborative plan, each split labelled."""
+"""Latency vs bandwidth: all-edge, all-cloud and the collaborative plan, each split labelled.
+Drawn on a bare Figure with the Agg canvas, like report/plots.py."""
 
 from __future__ import annotations
 
@@ -10,12 +11,12 @@ def plot_latency_vs_bandwidth(bandwidths: Sequence[float], series: Mapping[str, 
                               chosen: Sequence[str], path: Path, title: str) -> Path:
     """One line per series (ms at each bandwidth), the chosen split written at each point of
     the `collaborative` series; log-log axes. Returns the written path."""
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ..report.plots import _DPI, _save
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig = Figure(figsize=(6.4, 4.2), dpi=_DPI)
+    ax = fig.add_subplot()
     for name, ms in series.items():
         ax.plot(bandwidths, ms, marker="o", label=name, lw=2.5 if name == "collaborative" else 1.2)
     if "collaborative" in series:
@@ -26,7 +27,4 @@ def plot_latency_vs_bandwidth(bandwidths: Sequence[float], series: Mapping[str, 
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)

@@ -8,20 +8,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ..report.plots import _DPI, _save
 from .mixed_search import pareto_points
 
-_DPI = 120
 _KIB = 1024.0
-
-
-def _save(fig: Figure, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    FigureCanvasAgg(fig).print_png(str(path))
-    return path
 
 
 def plot_size_pareto(candidates: Sequence[Mapping[str, Any]],
