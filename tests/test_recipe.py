@@ -85,3 +85,18 @@ def test_load_from_file_and_missing_file(tmp_path):
 def test_shipped_recipes_validate(name):
     text = resources.files("sparseforge.recipes").joinpath(name).read_text()
     assert parse_recipe(text, name).train.epochs >= 1
+
+
+def test_quantize_section_validates_and_errors_name_field_and_line():
+    r = parse_recipe("quantize:\n  mode: mixed\n  mixed:\n    bits: [4, 8]\n    solver: optuna\n")
+    assert r.quantize.mixed.bits == [4, 8] and r.quantize.mixed.budget.weight_bytes == 0.75
+    assert parse_recipe("quantize: {mode: mixed}\n").quantize.mixed.criterion == "loss"
+    assert parse_recipe("").quantize is None
+    assert "r.yaml:4: quantize.mixed.bits[1]" in error_of(
+        "train: {epochs: 1}\nquantize:\n  mode: mixed\n  mixed: {bits: [4, 5]}\n")
+    assert "r.yaml:5: quantize.mixed.trails: Extra inputs" in error_of(
+        "quantize:\n  mode: mixed\n  mixed:\n    solver: dp\n    trails: 3\n")
+    msg = error_of("quantize:\n  mode: mixed\n  mixed:\n    budget: {weight_bytes: 0.7, accuracy_drop: 1}\n")
+    assert "r.yaml:4: quantize.mixed.budget" in msg and "exactly one of" in msg
+    assert "needs `mode: mixed`" in error_of("quantize:\n  mixed: {criterion: hessian}\n")
+    assert "r.yaml:2: quantize.calibration_batches" in error_of("quantize:\n  calibration_batches: 0\n")
