@@ -78,17 +78,15 @@ def ort_callable(model: nn.Module, x: torch.Tensor, tmp: Path):
     """`model` exported to ONNX (dynamic batch) in an onnxruntime CPU session with torch's
     thread count; a call on `x` (converted once), or None with the reason."""
     try:
-        import onnxruntime as ort
+        import onnxruntime  # noqa: F401
 
-        from sparseforge.runtime import export_model
+        from sparseforge.runtime.export import export_model, onnx_session
     except ImportError as err:
         return None, f"onnxruntime peer skipped: {err}"
     path = tmp / "model.onnx"
     if not path.exists():
         export_model(model, x[:1], path, "onnx")
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads = torch.get_num_threads(), 1
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    sess = onnx_session(path, torch.get_num_threads())
     feed = {sess.get_inputs()[0].name: x.numpy()}
     return (lambda: sess.run(None, feed)), ""
 

@@ -51,7 +51,7 @@ def method_modifiers(method: str, s: float, epochs: int) -> list[dict]:
         "gmp": [{"type": "gmp", **common, "start_epoch": epochs / 4, "end_epoch": late,
                  "update_every": 0.25}],
         "gap": [{"type": "gap", "sparsity": s, "layers": layers, "distribution": "erk",
-                 "partitions": 4, "period": 1.0, "finetune_epochs": 1.0}],
+                 "partitions": 4, "period": 1.0, "finetune_epochs": epochs / 8}],
         "rigl": [{"type": "rigl", **dst}],
         "set": [{"type": "set", **dst}],
         "mest": [{"type": "mest", **dst, "soft_bound": True}],
@@ -127,6 +127,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="override the training budget")
     parser.add_argument("--limit", type=int, default=12000, help="reduced form: examples per split")
     parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--sparsities", nargs="*", type=float, default=list(SPARSITIES))
     args = parser.parse_args()
     epochs = args.epochs or (30 if args.full else 8)
     out = Path(args.out)
@@ -137,7 +138,7 @@ def main() -> None:
           f"torch {machine['torch_version']}; budget {epochs} epochs")
     rows, started = [], time.perf_counter()
     for method in args.methods:
-        for s in (0.0,) if method == "dense" else SPARSITIES:
+        for s in (0.0,) if method == "dense" else args.sparsities:
             row = run_method(method, s, recipe, out)
             rows.append(row)
             print(f"{method:18s} target {s:.2f}  acc {row['test_accuracy']:.4f}  "

@@ -209,6 +209,33 @@ def bench_runs(run_dirs: list[Path], args: argparse.Namespace) -> None:
                          for b in args.batches)
         print(f"{name:>22} {acc:8.4f} {100 * (acc - ref[1]):+6.2f}pt {flops / 1e6:7.1f} "
               f"{100 * (1 - flops / ref[2]):6.1f}% {params / 1e3:8.1f} {cells}")
+    if args.onnx:
+        onnx_latency(models, shape, args)
+
+
+def onnx_latency(models: dict[str, nn.Module], shape: tuple[int, ...], args: argparse.Namespace) -> None:
+    """Every model exported to ONNX and run by onnxruntime (the export format `sparseforge
+    deploy --format onnx` writes), timed side by side per batch size; the first is the reference."""
+    import tempfile
+
+    import onnxruntime
+
+    from sparseforge.profile.latency import interleaved
+    from sparseforge.runtime.export import export_model, onnx_session
+
+    with tempfile.TemporaryDirectory() as tmp:
+        sessions = {name: onnx_session(export_model(m, torch.randn(2, *shape), Path(tmp) / f"{name}.onnx",
+                                                    "onnx"), args.threads)
+                    for name, m in models.items()}
+        ref = next(iter(sessions))
+        print(f"onnxruntime {onnxruntime.__version__}, {args.threads} threads")
+        for b in args.batches:
+            x = torch.randn(b, *shape).numpy()
+            t = interleaved({name: (lambda s=s, x=x: s.run(None, {s.get_inputs()[0].name: x}))
+                             for name, s in sessions.items()}, rounds=args.rounds, repeats=args.repeats)
+            for name in sessions:
+                print(f"{name:>22} onnxruntime b{b} {t[name].median_ms:8.2f} ms "
+                      f"{t[ref].median_s / t[name].median_s:6.2f}x")
 
 
 def main() -> None:
@@ -225,6 +252,8 @@ def main() -> None:
                     help="instead: trained run folders, the first the dense reference")
     ap.add_argument("--fold-bn", action="store_true",
                     help="with --runs: fold BatchNorm into the convs of every model before timing")
+    ap.add_argument("--onnx", action="store_true",
+                    help="with --runs: also time every model exported to ONNX in onnxruntime")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: 64x64 input, ratio 0.5, batches 1 and 4, 2x3 repeats")
     args = ap.parse_args()

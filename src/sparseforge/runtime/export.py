@@ -77,14 +77,23 @@ def export_model(model: nn.Module, example: Tensor, path: str | Path, fmt: str) 
     return path
 
 
-def check_onnx(path: str | Path, model: nn.Module, example: Tensor) -> float:
-    """Max abs difference between onnxruntime (CPUExecutionProvider) running the ONNX file at
-    `path` on `example` and the PyTorch model (eval mode, masks baked) on the same input."""
+def onnx_session(path: str | Path, threads: int | None = None):
+    """An onnxruntime CPU session on the ONNX file at `path`; `threads` intra-op threads (None:
+    onnxruntime's default), one inter-op thread when set, as torch runs."""
     try:
         import onnxruntime as ort
     except ImportError as err:
-        raise ImportError(f"checking an ONNX file needs onnxruntime; {ONNX_INSTALL}") from err
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        raise ImportError(f"running an ONNX file needs onnxruntime; {ONNX_INSTALL}") from err
+    opts = ort.SessionOptions()
+    if threads is not None:
+        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def check_onnx(path: str | Path, model: nn.Module, example: Tensor) -> float:
+    """Max abs difference between onnxruntime (CPUExecutionProvider) running the ONNX file at
+    `path` on `example` and the PyTorch model (eval mode, masks baked) on the same input."""
+    session = onnx_session(path)
     (got,) = session.run([OUTPUT], {INPUT: example.detach().cpu().numpy()})
     with torch.no_grad():
         want = _plain_eval_copy(model)(example)
