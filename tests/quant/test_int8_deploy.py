@@ -42,6 +42,27 @@ def test_int8_deploy_lowers_to_onednn_int8_at_every_batch_size():
     assert (out.argmax(1) == ref.argmax(1)).float().mean() >= 0.9
 
 
+class ReusedReLU(nn.Module):
+    """One ReLU module called after two convolutions, as torchvision's BasicBlock does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.conv2(self.relu(self.conv1(x))))
+
+
+def test_int8_deploy_of_a_module_called_twice():
+    torch.manual_seed(0)
+    model = ReusedReLU().eval()
+    x = torch.randn(8, 3, 8, 8)
+    with torch.no_grad():
+        out, ref = to_int8(model, [x], compile=False)(x), model(x)
+    assert (out - ref).abs().max() < 0.05 * ref.abs().max()
+
+
 def test_int8_deploy_needs_a_batch_to_export():
     with pytest.raises(ValueError, match="at least 2"):
         to_int8(small_cnn(), [torch.randn(1, 1, 8, 8)])

@@ -71,6 +71,7 @@ def to_int8(
     batch = torch.export.Dim("batch")
     with torch.no_grad():
         exported = torch.export.export(plain, (example,), dynamic_shapes=({0: batch},)).module()
+        _separate_module_calls(exported)
         quantizer = x86.X86InductorQuantizer()
         quantizer.set_global(x86.get_default_x86_inductor_quantization_config())
         prepared = prepare_pt2e(exported, quantizer)
@@ -79,6 +80,20 @@ def to_int8(
         converted = convert_pt2e(prepared)
     allow_exported_model_train_eval(converted)  # so `.eval()` (e.g. in `evaluate`) works
     return compile_frozen(converted) if compile else converted
+
+
+def _separate_module_calls(gm: torch.fx.GraphModule) -> None:
+    """Give each call of a module called twice its own name in the nodes' `nn_module_stack`.
+    torch's source partitioning (which the X86InductorQuantizer matches patterns on) groups
+    nodes by the innermost module's name, so torchvision's BasicBlock, which calls `self.relu`
+    twice, became one partition with two outputs and `prepare_pt2e` failed."""
+    for node in gm.graph.nodes:
+        stack = node.meta.get("nn_module_stack")
+        if node.op != "call_function" or not stack:
+            continue
+        key, (fqn, cls) = next(reversed(stack.items()))
+        if "@" in key:  # export marks the k-th repeated call of a module "name@k"
+            stack[key] = (f"{fqn}@{key.rsplit('@', 1)[1]}", cls)
 
 
 def to_int8_dynamic(model: nn.Module, *, compile: bool = True) -> nn.Module:
