@@ -1,7 +1,10 @@
-"""int8 CPU inference vs fp32: the demo CNN (Fashion-MNIST shape) and a linear-heavy MLP, at
-batch 1 and 64, in one interleaved loop per row: fp32 eager, fp32 compiled (inductor), PT2E
-int8 (torchao X86InductorQuantizer) compiled with freezing, the same without freezing (what
-happens when the flag is missing), and torchao `quantize_` int8 dynamic (linears only).
+"""int8 CPU inference vs fp32, whole models: the demo CNN (Fashion-MNIST shape), a linear-heavy
+MLP and a ResNet-18 (torchvision, 3x224x224), in one interleaved loop per row: fp32 eager,
+fp32 compiled (inductor), PT2E int8 (torchao X86InductorQuantizer) compiled with freezing, the
+same without freezing (what happens when the flag is missing), torchao `quantize_` int8
+dynamic (linears only), our int8 Winograd F(2,3) / F(4,3) for the 3x3 stride-1 convs (BatchNorm
+folded first, the other layers fp32 eager), and sparse + int8 (90% of every weight but the
+first layer's masked by magnitude, then PT2E int8; checked against its own fp32 model).
 
     python benchmarks/quantization.py --out runs/quantization   # prints table, writes CSV
 """
@@ -9,6 +12,7 @@ happens when the flag is missing), and torchao `quantize_` int8 dynamic (linears
 from __future__ import annotations
 
 import argparse
+import copy
 import functools
 import warnings
 from collections.abc import Callable
@@ -17,13 +21,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from sparseforge.graph import fuse
 from sparseforge.models import create_model
 from sparseforge.profile import machine_info
 from sparseforge.profile.latency import interleaved
 from sparseforge.profile.rows import write_csv
 from sparseforge.quant.deploy import to_int8, to_int8_dynamic
+from sparseforge.quant.winograd_conv import quantize_winograd
+from sparseforge.sparsity import prune
 
-BATCHES = (1, 64)
 ROUNDS, REPEATS = 5, 10
 
 
@@ -32,34 +38,66 @@ def mlp() -> nn.Module:
                          nn.ReLU(), nn.Linear(1024, 10))
 
 
-MODELS: dict[str, Callable[[], nn.Module]] = {
-    "cnn": lambda: create_model("cnn", num_classes=10, in_channels=1),
-    "mlp": mlp,
+def resnet18() -> nn.Module:
+    import torchvision
+
+    return torchvision.models.resnet18(num_classes=10)
+
+
+# name: (factory, input shape, batch sizes, (rounds, repeats))
+MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], tuple[int, ...], tuple[int, int]]] = {
+    "cnn": (lambda: create_model("cnn", num_classes=10, in_channels=1), (1, 28, 28), (1, 64),
+            (ROUNDS, REPEATS)),
+    "mlp": (mlp, (1, 28, 28), (1, 64), (ROUNDS, REPEATS)),
+    "resnet18": (resnet18, (3, 224, 224), (1, 8), (3, 3)),
 }
 
 
-def candidates(model: nn.Module, calib: list[torch.Tensor]) -> dict[str, nn.Module]:
+def winograd(model: nn.Module, calib: list[torch.Tensor], tile: int) -> nn.Module | None:
+    """Our int8 Winograd for the 3x3 stride-1 convs after BatchNorm folding; None if none fits."""
+    folded = fuse(model, bn=True, pad=False, affine=False, identity=False).module
+    try:
+        return quantize_winograd(folded, calib, tile=tile)[0]
+    except ValueError:
+        return None
+
+
+def sparse(model: nn.Module, sparsity: float = 0.9) -> nn.Module:
+    """A copy with every weight but the first layer's masked to `sparsity` by magnitude."""
+    out = copy.deepcopy(model)
+    first = next(n for n, m in out.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+    prune(out, "unstructured", sparsity, layers={"exclude": [first]})
+    return out
+
+
+def candidates(model: nn.Module, calib: list[torch.Tensor]) -> dict[str, tuple[nn.Module, nn.Module]]:
+    """name: (model to time, the fp32 model its output is checked against)."""
     with torch.no_grad():
         converted = to_int8(model, calib, compile=False)
-    return {
-        "fp32_eager": model,
-        "fp32_compiled": torch.compile(model, dynamic=False),
-        "int8_pt2e": to_int8(model, calib),
-        "int8_pt2e_nofreeze": torch.compile(converted, dynamic=False),
-        "int8_quantize_": to_int8_dynamic(model),
-    }
+        sparse_fp32 = sparse(model)
+        out = {
+            "fp32_eager": model,
+            "fp32_compiled": torch.compile(model, dynamic=False),
+            "int8_pt2e": to_int8(model, calib),
+            "int8_pt2e_nofreeze": torch.compile(converted, dynamic=False),
+            "int8_quantize_": to_int8_dynamic(model),
+            **{f"int8_winograd_f{t}": m for t in (2, 4) if (m := winograd(model, calib, t)) is not None},
+            "sparse90_int8": to_int8(sparse_fp32, calib),
+        }
+    return {k: (m, sparse_fp32 if k.startswith("sparse") else model) for k, m in out.items()}
 
 
-def bench_row(name: str, batch: int, fns: dict[str, nn.Module]) -> dict[str, object]:
-    x = torch.randn(batch, 1, 28, 28, generator=torch.Generator().manual_seed(1))
-    calls = {k: functools.partial(m, x) for k, m in fns.items()}
+def bench_row(name: str, batch: int, shape: tuple[int, ...], timing: tuple[int, int],
+              fns: dict[str, tuple[nn.Module, nn.Module]]) -> dict[str, object]:
+    x = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(1))
+    calls = {k: functools.partial(m, x) for k, (m, _) in fns.items()}
     with torch.inference_mode():
-        ref = fns["fp32_eager"](x)
-        for k, call in calls.items():  # compile outside the timed loop
-            err = (call() - ref).abs().max().item()
+        for k, (m, ref_model) in fns.items():  # also compiles outside the timed loop
+            ref = ref_model(x)
+            err = (m(x) - ref).abs().max().item()
             if err > 0.1 * ref.abs().max().item():
                 warnings.warn(f"{name} b{batch} {k}: max error {err:.3g}", stacklevel=1)
-    timed = interleaved(calls, rounds=ROUNDS, repeats=REPEATS)
+    timed = interleaved(calls, rounds=timing[0], repeats=timing[1])
     row: dict[str, object] = {"model": name, "batch": batch}
     for k, t in timed.items():
         row[f"{k}_ms"] = round(t.median_ms, 4)
@@ -83,13 +121,14 @@ def main() -> None:
           f"{torch.get_num_threads()} threads, torch {info['torch_version']}")
     rows = []
     for name in args.models:
+        factory, shape, batches, timing = MODELS[name]
         torch.manual_seed(0)
-        model = MODELS[name]().eval()
+        model = factory().eval()
         g = torch.Generator().manual_seed(0)
-        calib = [torch.randn(64, 1, 28, 28, generator=g) for _ in range(4)]
+        calib = [torch.randn(8, *shape, generator=g) for _ in range(4)]
         fns = candidates(model, calib)
-        for batch in BATCHES:
-            row = bench_row(name, batch, fns)
+        for batch in batches:
+            row = bench_row(name, batch, shape, timing, fns)
             rows.append(row)
             cells = "  ".join(f"{k[:-3]} {row[k]:.3f} ms" for k in row if k.endswith("_ms"))
             ratios = "  ".join(f"{k.split('_x_')[0]} {row[k]:.2f}x" for k in row if "_x_" in k)
