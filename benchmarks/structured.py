@@ -199,6 +199,14 @@ def bench_runs(run_dirs: list[Path], args: argparse.Namespace) -> None:
         models = {name: fuse(m, bn=True, pad=False, affine=False, identity=False).module
                   for name, m in models.items()}
         print("BatchNorm folded into the convolutions of every model (dense included)")
+    if args.compile:
+        x = torch.randn(1, *shape)
+        models = {name: torch.compile(m, dynamic=False) for name, m in models.items()}
+        with torch.inference_mode():  # compile for every timed batch size outside the loop
+            for m in models.values():
+                for b in args.batches:
+                    m(x.expand(b, *shape))
+        print("every model compiled by inductor (torch.compile, static shapes)")
     lat = compare_latency(models, shape, args.batches, threads=args.threads, rounds=args.rounds,
                           repeats=args.repeats)
     ref = rows[0]
@@ -252,6 +260,8 @@ def main() -> None:
                     help="instead: trained run folders, the first the dense reference")
     ap.add_argument("--fold-bn", action="store_true",
                     help="with --runs: fold BatchNorm into the convs of every model before timing")
+    ap.add_argument("--compile", action="store_true",
+                    help="with --runs: time every model compiled by inductor")
     ap.add_argument("--onnx", action="store_true",
                     help="with --runs: also time every model exported to ONNX in onnxruntime")
     ap.add_argument("--quick", action="store_true",
