@@ -137,3 +137,84 @@ def test_lowering_is_saved_with_the_plan(tmp_path):
     fusion.save(tmp_path)
     assert (tmp_path / "fusion_plan.json").is_file() and (tmp_path / "lowering.json").is_file()
     assert '"epilogue": [' in (tmp_path / "lowering.json").read_text()
+
+
+def direct_conv(c_in: int, c_out: int, seed: int) -> nn.Module:
+    """A DirectSparseConv2d (3x3, padding 1) keeping about half its weights."""
+    from sparseforge.kernels.sparse_conv import DirectSparseConv2d
+
+    torch.manual_seed(seed)
+    conv = nn.Conv2d(c_in, c_out, 3, padding=1)
+    with torch.no_grad():
+        conv.weight.mul_(torch.rand_like(conv.weight) > 0.5)
+    return DirectSparseConv2d.from_conv(conv)
+
+
+class SparseBasicBlock(nn.Module):
+    """ResNet's basic block on direct sparse convs: relu(conv2(relu(conv1(x))) + x)."""
+
+    def __init__(self, c: int = 8) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = direct_conv(c, c, 5), direct_conv(c, c, 6)
+
+    def forward(self, x):  # (B, C, H, W)
+        return torch.relu(self.conv2(torch.relu(self.conv1(x))) + x)
+
+
+def test_direct_sparse_conv_takes_the_residual_and_relu_of_a_basic_block():
+    fusion = check_equal(SparseBasicBlock(), torch.randn(2, 8, 7, 9), compile=False)
+    assert [lo.epilogue for lo in fusion.report.lowered] == [["relu"], ["add", "relu"]]
+    ops = _ops(fusion.module.graph_module)
+    assert not any("aten.add" in o or "aten.relu" in o for o in ops)
+    assert ops == [f"sparseforge._sparse_conv2d_{extension.best_isa()}.default"] * 2
+
+
+def test_nm_linear_takes_the_residual_and_relu():
+    from sparseforge.kernels import SparseLinear
+
+    torch.manual_seed(7)
+    lin = nn.Linear(32, 32)
+    with torch.no_grad():  # 2:4 along the inputs: keep the first two of every four
+        lin.weight.mul_((torch.arange(32) % 4 < 2).float())
+    layer = SparseLinear.from_linear(lin, format="nm", nm=(2, 4))
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = layer
+
+        def forward(self, x):
+            return torch.relu(self.fc(x) + x)
+
+    fusion = check_equal(Block(), torch.randn(3, 32), compile=False)
+    assert [lo.epilogue for lo in fusion.report.lowered] == [["add", "relu"]]
+
+
+def test_winograd_conv_takes_a_relu_but_not_a_residual():
+    from sparseforge.quant.winograd_conv import WinogradConv2d
+
+    torch.manual_seed(8)
+    convs = []
+    for _ in range(2):
+        w = WinogradConv2d(nn.Conv2d(8, 8, 3, padding=1), tile=2)
+        w.calibrating = True
+        w(torch.randn(4, 8, 6, 6))
+        w.calibrating = False
+        w.freeze()
+        convs.append(w.eval())
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = convs
+
+        def forward(self, x):
+            y = torch.relu(self.a(x))  # the relu folds into the output transform
+            return torch.relu(self.b(y) + y)  # an add first: the kernel has no residual
+
+    fusion = check_equal(Net(), torch.randn(2, 8, 6, 6), compile=False)
+    assert [lo.epilogue for lo in fusion.report.lowered] == [["relu"], []]
+    assert fusion.report.lowered[1].left_to_inductor == ["add", "relu"]
+    relu_flags = [n.args[8] if len(n.args) > 8 else n.kwargs["relu"]
+                  for n in fusion.module.graph_module.graph.nodes if "winograd" in str(n.target)]
+    assert relu_flags == [True, False]

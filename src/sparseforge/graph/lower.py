@@ -1,10 +1,11 @@
-"""Lowering a fusion plan (fusion_plan.py) on CPU. A block seeded by one of our sparse linear
-kernels hands its epilogue to that kernel: an add of a tensor shaped like the kernel's output,
-then relu or gelu, in that order (the kernel computes act(x W^T + b + residual), see
-kernels/ops.py), becomes one call of the op with `residual` and `activation` set. Everything
-else (blocks of stock ops, what a kernel cannot take) is left to TorchInductor, which compiles
-the rewritten graph; TorchInductor treats our ops as opaque calls, so the epilogue would
-otherwise be a kernel of its own and one more trip through memory."""
+"""Lowering a fusion plan (fusion_plan.py) on CPU. A block seeded by one of our sparse kernels
+(the BSR/BCR/CSR/N:M linears, the direct sparse conv) hands its epilogue to that kernel: an add
+of a tensor shaped like the kernel's output, then relu or gelu, in that order (the kernel
+computes act(x W^T + b + residual), see kernels/ops.py), becomes one call of the op with
+`residual` and `activation` set; the int8 Winograd conv takes a following relu into its output
+transform. Everything else (blocks of stock ops, what a kernel cannot take) is left to
+TorchInductor, which compiles the rewritten graph; TorchInductor treats our ops as opaque
+calls, so the epilogue would otherwise be a kernel of its own and one more trip through memory."""
 
 from __future__ import annotations
 
@@ -21,12 +22,15 @@ from torch import fx, nn
 from torch.fx import Node
 
 from .fusion_plan import FusionPlan, plan_model
-from .optypes import op_name
+from .optypes import NO_COMPUTE, op_name
 
 aten = torch.ops.aten
 # our ops whose C++ kernel applies the epilogue (activation, residual arguments)
 EPILOGUE_KERNELS = frozenset({"sparseforge::bsr_linear", "sparseforge::bcr_linear",
-                              "sparseforge::csr_linear"})
+                              "sparseforge::csr_linear", "sparseforge::nm_linear",
+                              "sparseforge::sparse_conv2d"})
+# our ops whose kernel fuses only a ReLU (a `relu` flag, applied in the output transform)
+RELU_KERNELS = frozenset({"sparseforge::winograd_int8_conv2d"})
 
 
 def _activation(node: Node) -> str | None:
@@ -46,15 +50,43 @@ def _like(a: Node, b: Node) -> bool:
             and tuple(va.shape) == tuple(vb.shape) and va.dtype == vb.dtype == torch.float32)
 
 
+def _checks(node: Node) -> list[Node]:
+    """The users of `node` that compute nothing (export's dtype/shape asserts)."""
+    return [u for u in node.users if u.op == "call_function" and op_name(u.target) in NO_COMPUTE]
+
+
 def _only_user(node: Node, members: set[str]) -> Node | None:
-    users = list(node.users)
+    users = [u for u in node.users if u not in _checks(node)]
     return users[0] if len(users) == 1 and users[0].name in members else None
 
 
 def _has_epilogue(node: Node) -> bool:
-    schema = node.target._schema
-    bound = dict(zip((a.name for a in schema.arguments), node.args, strict=False)) | dict(node.kwargs)
-    return bound.get("activation", "none") != "none" or bound.get("residual") is not None
+    names = (a.name for a in node.target._schema.arguments)
+    bound = dict(zip(names, node.args, strict=False)) | dict(node.kwargs)
+    return (bound.get("activation", "none") != "none" or bound.get("residual") is not None
+            or bool(bound.get("relu", False)))
+
+
+def _every_kwarg(node: Node) -> dict[str, Any]:
+    """`node`'s keyword arguments with every schema argument after its positional ones filled
+    in: export drops those left at their default, and the C++ kernels' own schemas declare no
+    defaults."""
+    schema = node.target._schema.arguments[len(node.args):]
+    return {a.name: node.kwargs.get(a.name, a.default_value) for a in schema}
+
+
+def _with_args(node: Node, **changes: Any) -> tuple[tuple, dict[str, Any]]:
+    """`node`'s (args, kwargs) with the named schema arguments replaced, positional ones in place
+    (a call that passed `activation` positionally must not get it again as a keyword)."""
+    names = [a.name for a in node.target._schema.arguments]
+    args, kwargs = list(node.args), dict(node.kwargs)
+    for name, value in changes.items():
+        i = names.index(name)
+        if i < len(args):
+            args[i] = value
+        else:
+            kwargs[name] = value
+    return tuple(args), kwargs
 
 
 @dataclass
@@ -71,35 +103,42 @@ class Lowered:
 def lower_epilogues(gm: fx.GraphModule, plan: FusionPlan) -> list[Lowered]:
     """Rewrite `gm` in place: in each block seeded by an EPILOGUE_KERNELS op, the seed's single
     user chain [add(same-shaped tensor)] -> [relu | gelu] becomes the op's residual and
-    activation arguments. Returns what was lowered, block by block."""
+    activation arguments; a RELU_KERNELS seed takes a following relu as its `relu` flag.
+    Returns what was lowered, block by block."""
     nodes = {n.name: n for n in gm.graph.nodes}
     done = []
     for block in plan.blocks:
         seed = nodes.get(block.seed)
-        if seed is None or op_name(seed.target) not in EPILOGUE_KERNELS or _has_epilogue(seed):
+        kind = op_name(seed.target) if seed is not None else ""
+        if kind not in EPILOGUE_KERNELS | RELU_KERNELS or _has_epilogue(seed):
             continue
         members = set(block.nodes)
         absorbed, epilogue, residual, activation = [seed], [], None, "none"
         user = _only_user(seed, members)
-        if user is not None and user.target is aten.add.Tensor and user.kwargs.get("alpha", 1) == 1:
+        if (kind in EPILOGUE_KERNELS and user is not None and user.target is aten.add.Tensor
+                and user.kwargs.get("alpha", 1) == 1):
             other = [a for a in user.args if a is not seed]
             if len(user.args) == 2 and len(other) == 1 and isinstance(other[0], Node) and _like(other[0], seed):
                 residual = other[0]
                 absorbed.append(user)
                 epilogue.append("add")
                 user = _only_user(user, members)
-        if user is not None and (act := _activation(user)) is not None:
+        act = _activation(user) if user is not None else None
+        if act is not None and (kind in EPILOGUE_KERNELS or act == "relu"):
             activation = act
             absorbed.append(user)
             epilogue.append(op_name(user.target))
         last = absorbed[-1]
         if last is not seed:
+            changes = ({"activation": activation, "residual": residual} if kind in EPILOGUE_KERNELS
+                       else {"relu": True})
             with gm.graph.inserting_before(last):
-                fused = gm.graph.call_function(
-                    seed.target, seed.args, {**seed.kwargs, "activation": activation, "residual": residual})
+                fused = gm.graph.call_function(seed.target, *_with_args(seed, **changes))
             fused.meta = dict(last.meta)
             last.replace_all_uses_with(fused)
             for n in reversed(absorbed):
+                for check in _checks(n):  # asserts on an intermediate that no longer exists
+                    gm.graph.erase_node(check)
                 gm.graph.erase_node(n)
         taken = {n.name for n in absorbed}
         rest = [op for name, op in zip(block.nodes, block.ops, strict=True) if name not in taken and op != "getitem"]
@@ -110,7 +149,7 @@ def lower_epilogues(gm: fx.GraphModule, plan: FusionPlan) -> list[Lowered]:
 
 
 def bind_kernels(gm: fx.GraphModule) -> dict[str, str]:
-    """Point every call of our sparse linears (float32, on the CPU) at the compiled C++ kernel
+    """Point every call of our EPILOGUE_KERNELS (float32, on the CPU) at the compiled C++ kernel
     itself (`kernels.ops.bound_kernel`): the op's Python CPU impl, which picks the ISA variant
     on each call, is skipped. Returns {node: kernel}; a kernel that does not build here is
     left unbound (its op falls back as usual)."""
@@ -127,6 +166,7 @@ def bind_kernels(gm: fx.GraphModule) -> dict[str, str]:
             continue
         if not extension.kernel_available(short):
             continue
+        node.kwargs = _every_kwarg(node)
         node.target = ops.bound_kernel(short)
         bound[node.name] = op_name(node.target)
     gm.recompile()

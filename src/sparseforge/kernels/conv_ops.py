@@ -11,7 +11,7 @@ from torch import Tensor
 from sparseforge.formats import CSR
 
 from . import extension
-from .ops import _EPILOGUE_SCHEMA, _check_epilogue, epilogue_reference, lib
+from .ops import _BOUND_FAKES, _EPILOGUE_SCHEMA, _check_epilogue, epilogue_reference, lib
 
 lib.define(
     "sparse_conv2d(Tensor x, Tensor crow_indices, Tensor col_indices, Tensor values, "
@@ -67,6 +67,7 @@ def _sparse_conv2d_cpu(
 
 
 lib.impl("sparse_conv2d", _sparse_conv2d_cpu, "CPU")
+_BOUND_FAKES["sparse_conv2d"] = _sparse_conv2d_fake  # graph/lower.py may call the kernel itself
 
 
 def sparse_conv2d(

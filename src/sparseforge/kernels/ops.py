@@ -226,7 +226,8 @@ def bound_kernel(name: str) -> torch._ops.OpOverload:
     """The compiled C++ op behind `sparseforge::<name>` on this CPU (`sparseforge::_<name>_<isa>`,
     best ISA, built now), with `name`'s fake impl, so a graph can call the kernel itself instead
     of going through `name`'s Python CPU impl (graph/lower.py binds the calls it lowers to it).
-    Same schema and results; `name` is one of the sparse linears."""
+    Same schema (no defaults: pass every argument) and results; `name` is one of the sparse
+    linears or `sparse_conv2d`."""
     fakes = _BOUND_FAKES
     if name not in fakes:
         raise ValueError(f"no bound kernel for {name!r}; choose from {sorted(fakes)}")
@@ -238,7 +239,8 @@ def bound_kernel(name: str) -> torch._ops.OpOverload:
 
 
 _BOUND: set[str] = set()  # C++ ops given a fake impl in this process
-# sparse linear -> its fake impl, for `bound_kernel` (nm_linear adds itself below)
+# sparse kernel -> its fake impl, for `bound_kernel` (nm_linear below and sparse_conv2d in
+# conv_ops.py add themselves)
 _BOUND_FAKES: dict = {"bsr_linear": _bsr_linear_fake, "bcr_linear": _bcr_linear_fake,
                       "csr_linear": _csr_linear_fake}
 
