@@ -1,11 +1,14 @@
 // LANCE int8 Winograd convolution F(m x m, 3 x 3), m = 2 or 4, stride 1, CPU.
 //
-// Three phases, each split across threads by at::parallel_for (OpenMP):
+// Three phases, fused per job = (block of tiles, chunk of out channels), jobs split
+// across threads by at::parallel_for (OpenMP), so V and the int32 products stay in cache:
 //   1. input transform + quantize, per tile: V = B^T d B (fp32), q = round(V / v_scale[pos][c])
-//      clamped to -127..127, stored per position as (P tiles, Cs channels) rows;
+//      clamped to -127..127, stored per position as (tiles, Cs channels) rows of the block;
 //   2. one int8 GEMM per transform position with int32 accumulation over channels,
-//      acc[pos] (P, Kp) = V[pos] (P, Cs) x U[pos] (Cs, Kp), blocked over tiles and out channels;
-//   3. per tile: M = (acc - comp) * out_scale[pos][k], Y = A^T M A, + bias, relu, stored NCHW.
+//      acc[pos] (tiles, kc) = V[pos] (tiles, Cs) x U[pos] (Cs, kc), register-blocked;
+//   3. per tile: M = (acc - comp) * out_scale[pos][k], Y = A^T M A, + bias, relu.
+// Input and output are channels last (NHWC memory, NCHW shape): 16 channels of a pixel are one
+// vector load or store; an NCHW input is converted once on entry.
 // U arrives packed (a*a, Cs/4, Kp, 4) int8 (quant/winograd.py pack_weights): 16 out channels x
 // 4 channels are one 64-byte row.
 //
@@ -24,6 +27,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 #if defined(__AVX512VNNI__) || defined(__AVX2__)
 #include <immintrin.h>
@@ -94,8 +98,44 @@ inline void apply_at(const float* const* m, float* const* y) {
   }
 }
 
-// Phase 1 for tiles [p0, p1): V (a*a, P, Cs) quantized; 16 channels gathered from x (NCHW)
-// per step, so every transform step is a 16-lane vector op.
+// q = clamp(round_half_even(v * inv), -127, 127) (+ kShift) for 16 lanes, the first n stored.
+inline void quantize16(const float* v, const float* inv, vtype* dst, int64_t n) {
+#if SF_VNNI
+  __m512 r = _mm512_roundscale_ps(_mm512_mul_ps(_mm512_loadu_ps(v), _mm512_loadu_ps(inv)),
+                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  r = _mm512_min_ps(_mm512_set1_ps(127.0f), _mm512_max_ps(_mm512_set1_ps(-127.0f), r));
+  const __m512i q = _mm512_add_epi32(_mm512_cvtps_epi32(r), _mm512_set1_epi32(kShift));
+  _mm_mask_storeu_epi8(dst, static_cast<__mmask16>((1u << n) - 1), _mm512_cvtepi32_epi8(q));
+#elif defined(__AVX2__)
+  __m256i q[2];
+  for (int h = 0; h < 2; ++h) {
+    __m256 r = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(v + 8 * h), _mm256_loadu_ps(inv + 8 * h)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    r = _mm256_min_ps(_mm256_set1_ps(127.0f), _mm256_max_ps(_mm256_set1_ps(-127.0f), r));
+    q[h] = _mm256_cvtps_epi32(r);
+  }
+  // packs interleaves 128-bit lanes: (q0 lo, q1 lo, q0 hi, q1 hi) -> reorder the 64-bit quarters
+  const __m256i w = _mm256_permute4x64_epi64(_mm256_packs_epi32(q[0], q[1]), 0xD8);
+  if (n == L) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), w);
+  } else {
+    alignas(32) int16_t tmp[L];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(tmp), w);
+    std::memcpy(dst, tmp, n * sizeof(vtype));
+  }
+#else
+  vtype q8[L];
+  for (int l = 0; l < L; ++l) {
+    float r = std::nearbyint(v[l] * inv[l]);  // half to even, like torch.round
+    r = std::min(127.0f, std::max(-127.0f, r));
+    q8[l] = static_cast<vtype>(static_cast<int32_t>(r) + kShift);
+  }
+  std::memcpy(dst, q8, n * sizeof(vtype));
+#endif
+}
+
+// Phase 1 for tiles [p0, p1): V (a*a, p1 - p0, Cs) quantized; 16 channels gathered from x
+// (channels last: 16 consecutive floats) per step, so every transform step is a 16-lane vector op.
 template <int M>
 void input_tiles(const Problem& s, const float* x, const float* inv, vtype* V, int64_t p0,
                  int64_t p1) {
@@ -111,12 +151,11 @@ void input_tiles(const Problem& s, const float* x, const float* inv, vtype* V, i
         for (int j = 0; j < A; ++j) {
           const int64_t yy = y0 + i, xx = x0 + j;
           const bool inside = yy >= 0 && yy < s.H && xx >= 0 && xx < s.W;
-          const int64_t plane = s.H * s.W;  // NCHW: the 16 channels are planes apart
-          const float* src = x + ((n * s.C + c0) * s.H + yy) * s.W + xx;
+          const float* src = x + ((n * s.H + yy) * s.W + xx) * s.C + c0;  // NHWC: 16 floats
           if (inside && cl == L) {
-            for (int l = 0; l < L; ++l) d[i][j][l] = src[l * plane];
+            for (int l = 0; l < L; ++l) d[i][j][l] = src[l];
           } else {
-            for (int l = 0; l < L; ++l) d[i][j][l] = (inside && l < cl) ? src[l * plane] : 0.0f;
+            for (int l = 0; l < L; ++l) d[i][j][l] = (inside && l < cl) ? src[l] : 0.0f;
           }
         }
       float t[A][A][L], v[A][A][L];
@@ -136,14 +175,8 @@ void input_tiles(const Problem& s, const float* x, const float* inv, vtype* V, i
         for (int j = 0; j < A; ++j) {
           const int xi = i * A + j;
           const float* iv = inv + xi * (s.Cs + L) + c0;  // rows padded to Cs + L
-          vtype* dst = V + (xi * s.P + p) * s.Cs + c0;
-          vtype q8[L];
-          for (int l = 0; l < L; ++l) {
-            float r = std::nearbyint(v[i][j][l] * iv[l]);  // half to even, like torch.round
-            r = std::min(127.0f, std::max(-127.0f, r));
-            q8[l] = static_cast<vtype>(static_cast<int32_t>(r) + kShift);
-          }
-          std::memcpy(dst, q8, cn * sizeof(vtype));
+          vtype* dst = V + (xi * (p1 - p0) + p - p0) * s.Cs + c0;
+          quantize16(v[i][j], iv, dst, cn);
         }
     }
   }
@@ -153,7 +186,7 @@ void input_tiles(const Problem& s, const float* x, const float* inv, vtype* V, i
 // position. V: row p of that position; U: (Cb, Kp, 4) of that position, at column k0.
 #if SF_VNNI
 template <int PT, int NK>
-void micro(const vtype* V, int64_t Cs, const int8_t* U, int64_t Kp, int32_t* acc) {
+void micro(const vtype* V, int64_t Cs, const int8_t* U, int64_t Kp, int32_t* acc, int64_t ld) {
   __m512i c[PT][NK];
   for (int t = 0; t < PT; ++t)
     for (int j = 0; j < NK; ++j) c[t][j] = _mm512_setzero_si512();
@@ -169,12 +202,12 @@ void micro(const vtype* V, int64_t Cs, const int8_t* U, int64_t Kp, int32_t* acc
     }
   }
   for (int t = 0; t < PT; ++t)
-    for (int j = 0; j < NK; ++j) _mm512_storeu_si512(acc + t * Kp + 16 * j, c[t][j]);
+    for (int j = 0; j < NK; ++j) _mm512_storeu_si512(acc + t * ld + 16 * j, c[t][j]);
 }
 constexpr int kPT = 6, kNK = 4;  // 24 zmm accumulators + 4 U rows + 1 broadcast
 #elif defined(__AVX2__)
 template <int PT, int NK>
-void micro(const vtype* V, int64_t Cs, const int8_t* U, int64_t Kp, int32_t* acc) {
+void micro(const vtype* V, int64_t Cs, const int8_t* U, int64_t Kp, int32_t* acc, int64_t ld) {
   // per 4 out channels: 16 int8 (4 k x 4 c) widened to int16; madd with (v0 v1 v2 v3) x 4 gives
   // lanes [k:c01, k:c23] for the 4 k, summed pairwise when stored.
   __m256i c[PT][4 * NK];
@@ -197,13 +230,13 @@ void micro(const vtype* V, int64_t Cs, const int8_t* U, int64_t Kp, int32_t* acc
     for (int j = 0; j < 4 * NK; ++j) {
       alignas(32) int32_t l[8];
       _mm256_store_si256(reinterpret_cast<__m256i*>(l), c[t][j]);
-      for (int q = 0; q < 4; ++q) acc[t * Kp + 4 * j + q] = l[2 * q] + l[2 * q + 1];
+      for (int q = 0; q < 4; ++q) acc[t * ld + 4 * j + q] = l[2 * q] + l[2 * q + 1];
     }
 }
 constexpr int kPT = 2, kNK = 1;  // 8 ymm accumulators + 4 U rows + 1 broadcast
 #else
 template <int PT, int NK>
-void micro(const vtype* V, int64_t Cs, const int8_t* U, int64_t Kp, int32_t* acc) {
+void micro(const vtype* V, int64_t Cs, const int8_t* U, int64_t Kp, int32_t* acc, int64_t ld) {
   int32_t c[PT][16 * NK] = {};
   for (int64_t ch = 0; ch < Cs; ++ch) {
     const int8_t* u = U + (ch / 4) * Kp * 4 + ch % 4;
@@ -213,67 +246,69 @@ void micro(const vtype* V, int64_t Cs, const int8_t* U, int64_t Kp, int32_t* acc
     }
   }
   for (int t = 0; t < PT; ++t)
-    for (int k = 0; k < 16 * NK; ++k) acc[t * Kp + k] = c[t][k];
+    for (int k = 0; k < 16 * NK; ++k) acc[t * ld + k] = c[t][k];
 }
 constexpr int kPT = 4, kNK = 1;
 #endif
 
 template <int PT>
-void micro_k(const vtype* V, int64_t Cs, const int8_t* U, int64_t Kp, int32_t* acc, int64_t nk) {
+void micro_k(const vtype* V, int64_t Cs, const int8_t* U, int64_t Kp, int32_t* acc, int64_t ld,
+             int64_t nk) {
   switch (nk) {  // out-channel blocks of 16 left in this block (at most kNK)
-    case 1: return micro<PT, 1>(V, Cs, U, Kp, acc);
+    case 1: return micro<PT, 1>(V, Cs, U, Kp, acc, ld);
 #if SF_VNNI
-    case 2: return micro<PT, 2>(V, Cs, U, Kp, acc);
-    case 3: return micro<PT, 3>(V, Cs, U, Kp, acc);
-    case 4: return micro<PT, 4>(V, Cs, U, Kp, acc);
+    case 2: return micro<PT, 2>(V, Cs, U, Kp, acc, ld);
+    case 3: return micro<PT, 3>(V, Cs, U, Kp, acc, ld);
+    case 4: return micro<PT, 4>(V, Cs, U, Kp, acc, ld);
 #endif
     default: TORCH_CHECK(false, "internal: bad out-channel block");
   }
 }
 
 template <int PT>
-void rows(const vtype* V, int64_t Cs, const int8_t* U, int64_t Kp, int32_t* acc, int64_t pt,
-          int64_t nk) {
+void rows(const vtype* V, int64_t Cs, const int8_t* U, int64_t Kp, int32_t* acc, int64_t ld,
+          int64_t pt, int64_t nk) {
   if constexpr (PT > 1) {
-    if (pt < PT) return rows<PT - 1>(V, Cs, U, Kp, acc, pt, nk);
+    if (pt < PT) return rows<PT - 1>(V, Cs, U, Kp, acc, ld, pt, nk);
   }
-  micro_k<PT>(V, Cs, U, Kp, acc, nk);
+  micro_k<PT>(V, Cs, U, Kp, acc, ld, nk);
 }
 
-// Phase 2: acc (a*a, P, Kp) = V (a*a, P, Cs) x U (a*a, Cs, Kp), jobs over (position, tile
-// block, out-channel block).
-void gemm(const Problem& s, int A2, const vtype* V, const int8_t* U, int32_t* acc) {
-  constexpr int64_t kTileBlock = kPT * 8;  // tiles per job: V rows reused across the K block
-  const int64_t pb = (s.P + kTileBlock - 1) / kTileBlock, kb = s.Kp / (16 * kNK) + (s.Kp % (16 * kNK) != 0);
-  at::parallel_for(0, A2 * pb * kb, 1, [&](int64_t j0, int64_t j1) {
-    for (int64_t job = j0; job < j1; ++job) {
-      const int64_t xi = job / (pb * kb), bp = (job / kb) % pb, bk = job % kb;
-      const int64_t k0 = bk * 16 * kNK, nk = std::min<int64_t>(kNK, (s.Kp - k0) / 16);
-      const vtype* Vx = V + xi * s.P * s.Cs;
-      const int8_t* Ux = U + xi * s.Cs * s.Kp + k0 * 4;
-      int32_t* accx = acc + xi * s.P * s.Kp + k0;
-      const int64_t pend = std::min(s.P, (bp + 1) * kTileBlock);
-      for (int64_t p = bp * kTileBlock; p < pend; p += kPT) {
-        const int64_t pt = std::min<int64_t>(kPT, pend - p);
-        rows<kPT>(Vx + p * s.Cs, s.Cs, Ux, s.Kp, accx + p * s.Kp, pt, nk);
+// Phase 2 for one block of nt tiles and out channels [k0, k1): acc (a*a, nt, k1 - k0) =
+// V (a*a, nt, Cs) x U (a*a, Cs, Kp) restricted to those columns.
+void gemm_block(const Problem& s, int A2, const vtype* V, int64_t nt, const int8_t* U,
+                int32_t* acc, int64_t k0, int64_t k1) {
+  const int64_t kc = k1 - k0;
+  for (int xi = 0; xi < A2; ++xi) {
+    const vtype* Vx = V + xi * nt * s.Cs;
+    int32_t* accx = acc + xi * nt * kc;
+    for (int64_t k = k0; k < k1; k += 16 * kNK) {
+      const int64_t nk = std::min<int64_t>(kNK, (k1 - k) / 16);
+      const int8_t* Ux = U + xi * s.Cs * s.Kp + k * 4;
+      for (int64_t p = 0; p < nt; p += kPT) {
+        const int64_t pt = std::min<int64_t>(kPT, nt - p);
+        rows<kPT>(Vx + p * s.Cs, s.Cs, Ux, s.Kp, accx + p * kc + (k - k0), kc, pt, nk);
       }
     }
-  });
+  }
 }
 
-// Phase 3 for tiles [p0, p1): dequantize, Y = A^T M A, bias, relu (16 out channels per vector
-// step), stored NCHW.
+// Phase 3 for tiles [p0, p1) and out channels [kb, k1): dequantize, Y = A^T M A, bias, relu
+// (16 out channels per vector step), stored channels last. acc is the block's (a*a, p1 - p0, k1 - kb).
 template <int M>
 void output_tiles(const Problem& s, const int32_t* acc, const int32_t* u_sum, const float* oscale,
-                  const float* bias, bool relu, float* out, int64_t p0, int64_t p1) {
+                  const float* bias, bool relu, float* out, int64_t p0, int64_t p1, int64_t kb,
+                  int64_t k1) {
   constexpr int A = M + 2;
+  const int64_t nt = p1 - p0, kc = k1 - kb;
   for (int64_t p = p0; p < p1; ++p) {
     const int64_t n = p / (s.th * s.tw), ty = (p / s.tw) % s.th, tx = p % s.tw;
-    for (int64_t k0 = 0; k0 < s.K; k0 += L) {
+    for (int64_t k0 = kb; k0 < std::min(s.K, k1); k0 += L) {
       const int64_t kn = std::min<int64_t>(L, s.K - k0);
       float m[A][A][L];
       for (int xi = 0; xi < A * A; ++xi) {
-        const int32_t* a = acc + (xi * s.P + p) * s.Kp + k0;  // Kp >= k0 + 16: always readable
+        // k1 is a multiple of 16, so k0 + 16 <= k1: always readable
+        const int32_t* a = acc + (xi * nt + p - p0) * kc + (k0 - kb);
         const int32_t* us = u_sum + xi * s.Kp + k0;
         const float* sc = oscale + xi * s.Kp + k0;
         for (int l = 0; l < L; ++l)
@@ -306,8 +341,8 @@ void output_tiles(const Problem& s, const int32_t* acc, const int32_t* u_sum, co
           for (int l = 0; l < L; ++l) v[l] = y[i][j][l] + b[l];
           if (relu)
             for (int l = 0; l < L; ++l) v[l] = std::max(v[l], 0.0f);
-          float* o = out + ((n * s.K + k0) * s.Ho + yy) * s.Wo + xx;  // NCHW: 16 planes
-          for (int64_t l = 0; l < kn; ++l) o[l * s.Ho * s.Wo] = v[l];
+          float* o = out + ((n * s.Ho + yy) * s.Wo + xx) * s.K + k0;  // NHWC: 16 floats
+          for (int64_t l = 0; l < kn; ++l) o[l] = v[l];
         }
       }
     }
@@ -323,25 +358,61 @@ at::Tensor padded(const at::Tensor& t, int64_t cols) {
   return out;
 }
 
+// Jobs: (block of tiles, chunk of out channels); each thread transforms its block's input
+// tiles once (kept while its next job is the same block), multiplies, and writes the block's
+// outputs, so V and the int32 products stay in its L2 instead of going to memory. Blocks are
+// as large as the V and product budgets allow (each block reads all of U once, which is what
+// wide layers with few tiles are bound by); out channels are chunked to fit the product
+// budget and so that every thread has jobs when there are few blocks (batch 1, small images).
+constexpr int64_t kVBytes = 768 * 1024, kAccBytes = 512 * 1024;
+
+struct Jobs {
+  int64_t tiles, kc;  // tiles per block, out channels per chunk
+};
+
+Jobs plan_jobs(const Problem& s, int A2) {
+  const int64_t g = 16 * kNK;  // the micro-kernel's out-channel width
+  const int64_t v_row = A2 * s.Cs * static_cast<int64_t>(sizeof(vtype));  // V bytes per tile
+  const int64_t acc_row = A2 * std::min(s.Kp, g) * 4;  // product bytes per tile, narrowest chunk
+  const int64_t most = std::max<int64_t>(kPT, std::min({s.P, kVBytes / v_row, kAccBytes / acc_row}));
+  const int64_t blocks = (s.P + most - 1) / most;
+  // equal blocks (a ragged last block would leave its thread idle), in whole micro-kernel rows
+  const int64_t tiles = ((s.P + blocks - 1) / blocks + kPT - 1) / kPT * kPT;
+  int64_t kc = std::max<int64_t>(g, kAccBytes / (A2 * tiles * 4) / g * g);
+  const int64_t want = 2 * at::get_num_threads();
+  if (blocks < want) {  // split the channels further so every thread has jobs
+    const int64_t parts = (want + blocks - 1) / blocks;
+    kc = std::min(kc, std::max<int64_t>(g, ((s.Kp + parts - 1) / parts + g - 1) / g * g));
+  }
+  return {tiles, std::min(kc, s.Kp)};
+}
+
 template <int M>
 at::Tensor run(const Problem& s, const at::Tensor& x, const at::Tensor& up, const at::Tensor& us,
                const at::Tensor& vs, const at::Tensor& os, const at::Tensor& b, bool relu) {
   constexpr int A2 = (M + 2) * (M + 2);
   const at::Tensor inv = padded(vs.reciprocal(), s.Cs + L);  // fp32 1 / scale, as the reference
   const at::Tensor usp = padded(us, s.Kp), osp = padded(os, s.Kp);
-  at::Tensor Vt = at::empty({A2, s.P, s.Cs}, x.options().dtype(kShift ? at::kByte : at::kShort));
-  at::Tensor acct = at::empty({A2, s.P, s.Kp}, x.options().dtype(at::kInt));
-  vtype* V = reinterpret_cast<vtype*>(Vt.data_ptr());
-  int32_t* acc = acct.data_ptr<int32_t>();
-  at::parallel_for(0, s.P, 1, [&](int64_t p0, int64_t p1) {
-    input_tiles<M>(s, x.data_ptr<float>(), inv.data_ptr<float>(), V, p0, p1);
-  });
-  gemm(s, A2, V, up.data_ptr<int8_t>(), acc);
-  at::Tensor out = at::empty({s.N, s.K, s.Ho, s.Wo}, x.options());
+  at::Tensor out = at::empty({s.N, s.K, s.Ho, s.Wo}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   const float* bp = b.defined() ? b.data_ptr<float>() : nullptr;
-  at::parallel_for(0, s.P, 1, [&](int64_t p0, int64_t p1) {
-    output_tiles<M>(s, acc, usp.data_ptr<int32_t>(), osp.data_ptr<float>(), bp, relu,
-                    out.data_ptr<float>(), p0, p1);
+  const auto [tiles, kc] = plan_jobs(s, A2);
+  const int64_t blocks = (s.P + tiles - 1) / tiles, chunks = (s.Kp + kc - 1) / kc;
+  at::parallel_for(0, blocks * chunks, 1, [&](int64_t j0, int64_t j1) {
+    std::vector<vtype> V(A2 * tiles * s.Cs);
+    std::vector<int32_t> acc(A2 * tiles * kc);
+    int64_t have = -1;  // the tile block whose V is in the buffer
+    for (int64_t job = j0; job < j1; ++job) {
+      const int64_t blk = job / chunks, k0 = (job % chunks) * kc;
+      const int64_t k1 = std::min(s.Kp, k0 + kc);
+      const int64_t p0 = blk * tiles, p1 = std::min(s.P, p0 + tiles);
+      if (blk != have) {
+        input_tiles<M>(s, x.data_ptr<float>(), inv.data_ptr<float>(), V.data(), p0, p1);
+        have = blk;
+      }
+      gemm_block(s, A2, V.data(), p1 - p0, up.data_ptr<int8_t>(), acc.data(), k0, k1);
+      output_tiles<M>(s, acc.data(), usp.data_ptr<int32_t>(), osp.data_ptr<float>(), bp, relu,
+                      out.data_ptr<float>(), p0, p1, k0, k1);
+    }
   });
   return out;
 }
@@ -354,7 +425,7 @@ at::Tensor winograd_int8_conv2d(const at::Tensor& x_in, const at::Tensor& u_pack
   TORCH_CHECK(x_in.dim() == 4 && x_in.scalar_type() == at::kFloat, "x must be float32 (N, C, H, W)");
   TORCH_CHECK(padding.size() == 2 && padding[0] >= 0 && padding[1] >= 0, "padding must be [ph, pw] >= 0");
   const int64_t A2 = (tile + 2) * (tile + 2);
-  const at::Tensor x = x_in.contiguous();
+  const at::Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
   Problem s{};
   s.N = x.size(0); s.C = x.size(1); s.H = x.size(2); s.W = x.size(3);
   s.K = out_scale.size(1); s.ph = padding[0]; s.pw = padding[1];

@@ -73,6 +73,18 @@ def test_kernel_wide_channels_cover_every_register_block(variant, tile):
     assert_int_exact(winograd_ops.cpu_kernel(variant)(*args, tile, [1, 1], True), ref)
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("n, h, k", [(2, 30, 200), (1, 7, 512)])
+def test_kernel_many_tile_blocks_and_channel_chunks(variant, n, h, k):
+    # 450 F(2,3) tiles: many tile blocks, the last one ragged; K = 200: several out-channel
+    # chunks, the last ragged. Batch 1 at 7x7 with K = 512: few tiles, so the kernel splits
+    # the out channels across jobs
+    for tile in (2, 4):
+        args = quantized_args(n, 20, k, h, h, tile, [1, 1], seed=11)
+        ref = winograd_int8_reference(*args, tile, [1, 1], True)
+        assert_int_exact(winograd_ops.cpu_kernel(variant)(*args, tile, [1, 1], True), ref)
+
+
 def test_variants_agree():
     # same int32 accumulators; the fp32 epilogue may differ by FMA contraction (avx2 / avx512
     # builds fuse multiply-adds, generic does not), so up to the int-exact tolerance

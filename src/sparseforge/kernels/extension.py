@@ -16,7 +16,8 @@ import torch
 
 # variant -> extra compiler flags; "generic" is plain x86-64 (SSE2), the portable floor
 ISA_FLAGS: dict[str, tuple[str, ...]] = {
-    "avx512_vnni": ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mavx2", "-mfma"),
+    "avx512_vnni": ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mavx2", "-mfma",
+                    "-mprefer-vector-width=512"),
     "avx2": ("-mavx2", "-mfma"),
     "generic": (),
 }

@@ -34,7 +34,8 @@ def _winograd_int8_conv2d_fake(
     torch._check(u_packed.dim() == 4 and u_packed.dtype == torch.int8,
                  lambda: "u_packed must be int8 (a*a, ceil(C/4), Kp, 4): use pack_weights")
     ho, wo, _, _ = tile_grid(x.shape[2], x.shape[3], tile, (padding[0], padding[1]))
-    return x.new_empty((x.shape[0], out_scale.shape[1], ho, wo))  # (N, K, Ho, Wo)
+    # (N, K, Ho, Wo), channels last as the kernels write it
+    return x.new_empty((x.shape[0], out_scale.shape[1], ho, wo)).to(memory_format=torch.channels_last)
 
 
 def cpu_kernel(variant: str | None = None) -> torch._ops.OpOverloadPacket:
@@ -44,8 +45,14 @@ def cpu_kernel(variant: str | None = None) -> torch._ops.OpOverloadPacket:
 
 def _winograd_int8_conv2d_cpu(*args: object) -> Tensor:
     if not extension.kernel_available("winograd_int8_conv2d", file=FILE, variants=VARIANTS):
-        return winograd_int8_reference(*args)
+        return _channels_last(winograd_int8_reference(*args))
     return cpu_kernel()(*args)
+
+
+def _channels_last(y: Tensor) -> Tensor:
+    """Every implementation returns channels-last memory, as the fake impl says (the C++ kernel
+    writes 16 channels of a pixel at once)."""
+    return y.contiguous(memory_format=torch.channels_last)
 
 
 def _winograd_int8_conv2d_cuda(*args: object) -> Tensor:
@@ -55,7 +62,7 @@ def _winograd_int8_conv2d_cuda(*args: object) -> Tensor:
         raise RuntimeError("sparseforge::winograd_int8_conv2d on CUDA runs a Triton kernel and "
                            "triton is not installed; pip install triton, or call "
                            "winograd_int8_conv2d_reference")
-    return triton_winograd.winograd_int8_conv2d(*args)
+    return _channels_last(triton_winograd.winograd_int8_conv2d(*args))
 
 
 lib.impl("winograd_int8_conv2d", _winograd_int8_conv2d_cpu, "CPU")
