@@ -3,7 +3,8 @@ eager, torch.compile (default and max-autotune) on the model, our deployment wit
 planner (eager and torch.compile) and with it (deploy(..., fuse=True): epilogues folded into our
 kernels, the rest through TorchInductor, with and without inductor's freezing). Models: a
 transformer-FFN stack (768 -> 3072 -> 768, relu, residual, x4) at 90% weight sparsity as BSR
-16x16 tiles and as unstructured CSR, and the demo CNN dense.
+16x16 tiles and as unstructured CSR, ResNet-20 at 90% per conv on direct sparse convs (BatchNorm
+folded), and the demo CNN dense.
 
     python benchmarks/fusion.py --out runs/fusion   # prints tables and plans, writes CSV
 """
@@ -25,9 +26,9 @@ from sparseforge.profile import machine_info
 from sparseforge.profile.latency import interleaved
 from sparseforge.profile.rows import write_csv
 from sparseforge.runtime import CANDIDATES, DeployedModel, apply_plan, deploy
-from sparseforge.runtime.candidates import check
+from sparseforge.runtime.candidates import DENSE, check
 from sparseforge.runtime.deploy import fuse_deployed
-from sparseforge.sparsity import schemes
+from sparseforge.sparsity import bake_masks, prune, schemes
 
 BATCHES = (1, 32)
 ROUNDS, REPEATS = 5, 10
@@ -61,26 +62,40 @@ def ffn_stack(scheme: str, depth: int = 4) -> nn.Module:
     return model.eval()
 
 
+def sparse_resnet20() -> nn.Module:
+    """ResNet-20 (Fashion-MNIST shape, random weights) with every conv but the first at SPARSITY
+    by magnitude, masks baked: deployed with BatchNorm folded and direct sparse convs, its
+    basic blocks end in conv -> add -> relu, the epilogue the planner folds into the conv."""
+    torch.manual_seed(0)
+    model = create_model("resnet20", num_classes=10, in_channels=1)
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    prune(model, "unstructured", SPARSITY, layers={"include": convs[1:]})
+    return bake_masks(model).eval()
+
+
 MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], tuple[str, ...]]] = {
     # name -> (model, input shape without batch, deploy candidates)
     "ffn_bsr90": (lambda: ffn_stack("block"), (768,), ("bsr16",)),
     "ffn_csr90": (lambda: ffn_stack("unstructured"), (768,), ("csr",)),
+    "resnet20_direct90": (sparse_resnet20, (1, 28, 28), ("direct",)),
     "cnn_dense": (lambda: create_model("cnn", num_classes=10, in_channels=1).eval(), (1, 28, 28),
                   ("bsr16", "csr")),
 }
 
 
 def deployment(model: nn.Module, x: torch.Tensor, kernels: tuple[str, ...]) -> DeployedModel:
-    """deploy() restricted to `kernels`; for a sparse model (its first kernel applies to every
-    layer) the layers are put on that kernel without measuring, so the comparison is about the
-    planner on a compressed deployment and not about a noisy per-layer choice on a shared
-    machine."""
+    """deploy() restricted to `kernels`, BatchNorm folded; for a sparse model the layers its
+    first kernel applies to are put on that kernel without measuring (the rest stay dense), so
+    the comparison is about the planner on a compressed deployment and not about a noisy
+    per-layer choice on a shared machine."""
     layers = [n for n, m in model.named_modules() if isinstance(m, nn.Linear | nn.Conv2d)]
     first = CANDIDATES.get(kernels[0])
-    if all(check(first, model.get_submodule(n), None, "cpu") is None for n in layers):
-        plan = [{"name": n, "choice": first.name} for n in layers]
-        return DeployedModel(apply_plan(model, plan, "cpu").eval(), plan, "cpu", tuple(x.shape))
-    return deploy(model, x, "cpu", repeats=5, rounds=2, candidates=kernels)
+    fits = [n for n in layers if check(first, model.get_submodule(n), None, "cpu") is None]
+    if fits:
+        plan = [{"name": n, "choice": first.name if n in fits else DENSE} for n in layers]
+        module = apply_plan(model, plan, "cpu", fold_bn=True).eval()
+        return DeployedModel(module, plan, "cpu", tuple(x.shape))
+    return deploy(model, x, "cpu", repeats=5, rounds=2, candidates=kernels, fold_bn=True)
 
 
 def compiled(module: nn.Module, x: torch.Tensor, mode: str | None, budget_s: float):
