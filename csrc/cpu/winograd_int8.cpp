@@ -32,6 +32,10 @@
 #if defined(__AVX512VNNI__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
+#if defined(__AMX_INT8__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #ifndef SF_ISA
 #error "build with -DSF_ISA=<variant name>"
@@ -50,12 +54,19 @@ constexpr int32_t kShift = 128;
 using vtype = int16_t;
 constexpr int32_t kShift = 0;
 #endif
+#if SF_VNNI && defined(__AMX_INT8__) && defined(__AMX_TILE__)
+#define SF_AMX 1
+#else
+#define SF_AMX 0
+#endif
 
 // B^T and A^T of F(2,3) and F(4,3) are quant/winograd.py `transforms`, written out term by
 // term in apply_bt / apply_at below.
 
+// Cs: channels rounded up to 4 (U's packing); Cv: the length of a V row in the block buffers
+// (Cs; rounded up to 64 for AMX, whose tile rows are 64 bytes).
 struct Problem {
-  int64_t N, C, H, W, K, ph, pw, Ho, Wo, th, tw, P, Cs, Kp;
+  int64_t N, C, H, W, K, ph, pw, Ho, Wo, th, tw, P, Cs, Kp, Cv;
 };
 
 constexpr int L = 16;  // channels per step of the transforms (one zmm of fp32; the loops over
@@ -134,11 +145,11 @@ inline void quantize16(const float* v, const float* inv, vtype* dst, int64_t n) 
 #endif
 }
 
-// Phase 1 for tiles [p0, p1): V (a*a, p1 - p0, Cs) quantized; 16 channels gathered from x
+// Phase 1 for tiles [p0, p1): V (a*a, rows, Cv) quantized (rows >= p1 - p0); 16 channels gathered from x
 // (channels last: 16 consecutive floats) per step, so every transform step is a 16-lane vector op.
 template <int M>
 void input_tiles(const Problem& s, const float* x, const float* inv, vtype* V, int64_t p0,
-                 int64_t p1) {
+                 int64_t p1, int64_t rows) {
   constexpr int A = M + 2;
   for (int64_t p = p0; p < p1; ++p) {
     const int64_t n = p / (s.th * s.tw), ty = (p / s.tw) % s.th, tx = p % s.tw;
@@ -175,7 +186,7 @@ void input_tiles(const Problem& s, const float* x, const float* inv, vtype* V, i
         for (int j = 0; j < A; ++j) {
           const int xi = i * A + j;
           const float* iv = inv + xi * (s.Cs + L) + c0;  // rows padded to Cs + L
-          vtype* dst = V + (xi * (p1 - p0) + p - p0) * s.Cs + c0;
+          vtype* dst = V + (xi * rows + p - p0) * s.Cv + c0;
           quantize16(v[i][j], iv, dst, cn);
         }
     }
@@ -274,33 +285,103 @@ void rows(const vtype* V, int64_t Cs, const int8_t* U, int64_t Kp, int32_t* acc,
   micro_k<PT>(V, Cs, U, Kp, acc, ld, nk);
 }
 
-// Phase 2 for one block of nt tiles and out channels [k0, k1): acc (a*a, nt, k1 - k0) =
-// V (a*a, nt, Cs) x U (a*a, Cs, Kp) restricted to those columns.
-void gemm_block(const Problem& s, int A2, const vtype* V, int64_t nt, const int8_t* U,
-                int32_t* acc, int64_t k0, int64_t k1) {
+// Phase 2 for one block of nt tiles (nrows rows per position in the buffers) and out channels
+// [k0, k1): acc (a*a, nrows, k1 - k0) = V (a*a, nrows, Cv) x U (a*a, Cv, Kp) on those columns.
+#if SF_AMX
+// AMX: tiles 0-3 accumulate 32 V rows x 32 out channels (16 x 16 int32 each), 4-5 hold V rows
+// (16 x 64 channels, u8), 6-7 U (16 groups of 4 channels x 16 out channels, s8: the packing of
+// U is already the tile layout). nrows is a multiple of 16, Cv of 64, k1 - k0 of 16.
+constexpr int64_t kRowStep = 16;
+
+// palette 1, tiles 0-7 all 16 rows x 64 bytes. Static storage: GCC drops stores to a local
+// config before ldtilecfg as dead (it does not see the instruction read them).
+struct alignas(64) TileConfig {
+  uint8_t palette, start_row, reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+};
+const TileConfig kTileConfig = {1, 0, {}, {64, 64, 64, 64, 64, 64, 64, 64}, {16, 16, 16, 16, 16, 16, 16, 16}};
+
+void amx_begin() {
+  static const bool permitted = [] {
+    constexpr long kReqXcompPerm = 0x1023, kXtileData = 18;  // arch_prctl(ARCH_REQ_XCOMP_PERM)
+    return syscall(SYS_arch_prctl, kReqXcompPerm, kXtileData) == 0;
+  }();
+  TORCH_CHECK(permitted, "the kernel could not enable AMX tiles (arch_prctl refused); use the "
+              "avx512_vnni variant");
+  _tile_loadconfig(&kTileConfig);
+}
+
+void gemm_block(const Problem& s, int A2, const vtype* V, int64_t nrows, int64_t /*nt*/,
+                const int8_t* U, int32_t* acc, int64_t k0, int64_t k1) {
+  const int64_t kc = k1 - k0, steps = s.Cv / 64, bs = s.Kp * 4;
+  for (int xi = 0; xi < A2; ++xi) {
+    const vtype* Vx = V + xi * nrows * s.Cv;
+    const int8_t* Ux = U + xi * (s.Cv / 4) * s.Kp * 4;
+    int32_t* accx = acc + xi * nrows * kc;
+    for (int64_t k = k0; k < k1; k += 32) {
+      const bool two_k = k + 32 <= k1;
+      for (int64_t p = 0; p < nrows; p += 32) {
+        const bool two_p = p + 32 <= nrows;
+        _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+        for (int64_t st = 0; st < steps; ++st) {
+          const int8_t* u = Ux + (st * 16 * s.Kp + k) * 4;
+          _tile_loadd(4, Vx + p * s.Cv + st * 64, s.Cv);
+          _tile_loadd(6, u, bs);
+          _tile_dpbusd(0, 4, 6);
+          if (two_k) {
+            _tile_loadd(7, u + 64, bs);
+            _tile_dpbusd(1, 4, 7);
+          }
+          if (two_p) {
+            _tile_loadd(5, Vx + (p + 16) * s.Cv + st * 64, s.Cv);
+            _tile_dpbusd(2, 5, 6);
+            if (two_k) _tile_dpbusd(3, 5, 7);
+          }
+        }
+        int32_t* c = accx + p * kc + (k - k0);
+        _tile_stored(0, c, kc * 4);
+        if (two_k) _tile_stored(1, c + 16, kc * 4);
+        if (two_p) {
+          _tile_stored(2, c + 16 * kc, kc * 4);
+          if (two_k) _tile_stored(3, c + 16 * kc + 16, kc * 4);
+        }
+      }
+    }
+  }
+}
+#else
+constexpr int64_t kRowStep = kPT;
+
+void gemm_block(const Problem& s, int A2, const vtype* V, int64_t nrows, int64_t nt,
+                const int8_t* U, int32_t* acc, int64_t k0, int64_t k1) {
   const int64_t kc = k1 - k0;
   for (int xi = 0; xi < A2; ++xi) {
-    const vtype* Vx = V + xi * nt * s.Cs;
-    int32_t* accx = acc + xi * nt * kc;
+    const vtype* Vx = V + xi * nrows * s.Cv;
+    int32_t* accx = acc + xi * nrows * kc;
     for (int64_t k = k0; k < k1; k += 16 * kNK) {
       const int64_t nk = std::min<int64_t>(kNK, (k1 - k) / 16);
       const int8_t* Ux = U + xi * s.Cs * s.Kp + k * 4;
       for (int64_t p = 0; p < nt; p += kPT) {
         const int64_t pt = std::min<int64_t>(kPT, nt - p);
-        rows<kPT>(Vx + p * s.Cs, s.Cs, Ux, s.Kp, accx + p * kc + (k - k0), kc, pt, nk);
+        rows<kPT>(Vx + p * s.Cv, s.Cs, Ux, s.Kp, accx + p * kc + (k - k0), kc, pt, nk);
       }
     }
   }
 }
+#endif
+
+// rows per position in a block's buffers for nt tiles (AMX loads V 16 rows at a time)
+int64_t block_rows(int64_t nt) { return (nt + kRowStep - 1) / kRowStep * kRowStep; }
 
 // Phase 3 for tiles [p0, p1) and out channels [kb, k1): dequantize, Y = A^T M A, bias, relu
-// (16 out channels per vector step), stored channels last. acc is the block's (a*a, p1 - p0, k1 - kb).
+// (16 out channels per vector step), stored channels last. acc is the block's (a*a, rows, k1 - kb).
 template <int M>
 void output_tiles(const Problem& s, const int32_t* acc, const int32_t* u_sum, const float* oscale,
                   const float* bias, bool relu, float* out, int64_t p0, int64_t p1, int64_t kb,
-                  int64_t k1) {
+                  int64_t k1, int64_t rows) {
   constexpr int A = M + 2;
-  const int64_t nt = p1 - p0, kc = k1 - kb;
+  const int64_t kc = k1 - kb;
   for (int64_t p = p0; p < p1; ++p) {
     const int64_t n = p / (s.th * s.tw), ty = (p / s.tw) % s.th, tx = p % s.tw;
     for (int64_t k0 = kb; k0 < std::min(s.K, k1); k0 += L) {
@@ -308,7 +389,7 @@ void output_tiles(const Problem& s, const int32_t* acc, const int32_t* u_sum, co
       float m[A][A][L];
       for (int xi = 0; xi < A * A; ++xi) {
         // k1 is a multiple of 16, so k0 + 16 <= k1: always readable
-        const int32_t* a = acc + (xi * nt + p - p0) * kc + (k0 - kb);
+        const int32_t* a = acc + (xi * rows + p - p0) * kc + (k0 - kb);
         const int32_t* us = u_sum + xi * s.Kp + k0;
         const float* sc = oscale + xi * s.Kp + k0;
         for (int l = 0; l < L; ++l)
@@ -372,12 +453,12 @@ struct Jobs {
 
 Jobs plan_jobs(const Problem& s, int A2) {
   const int64_t g = 16 * kNK;  // the micro-kernel's out-channel width
-  const int64_t v_row = A2 * s.Cs * static_cast<int64_t>(sizeof(vtype));  // V bytes per tile
+  const int64_t v_row = A2 * s.Cv * static_cast<int64_t>(sizeof(vtype));  // V bytes per tile
   const int64_t acc_row = A2 * std::min(s.Kp, g) * 4;  // product bytes per tile, narrowest chunk
-  const int64_t most = std::max<int64_t>(kPT, std::min({s.P, kVBytes / v_row, kAccBytes / acc_row}));
+  const int64_t most = std::max<int64_t>(kRowStep, std::min({s.P, kVBytes / v_row, kAccBytes / acc_row}));
   const int64_t blocks = (s.P + most - 1) / most;
   // equal blocks (a ragged last block would leave its thread idle), in whole micro-kernel rows
-  const int64_t tiles = ((s.P + blocks - 1) / blocks + kPT - 1) / kPT * kPT;
+  const int64_t tiles = block_rows((s.P + blocks - 1) / blocks);
   int64_t kc = std::max<int64_t>(g, kAccBytes / (A2 * tiles * 4) / g * g);
   const int64_t want = 2 * at::get_num_threads();
   if (blocks < want) {  // split the channels further so every thread has jobs
@@ -396,23 +477,33 @@ at::Tensor run(const Problem& s, const at::Tensor& x, const at::Tensor& up, cons
   at::Tensor out = at::empty({s.N, s.K, s.Ho, s.Wo}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   const float* bp = b.defined() ? b.data_ptr<float>() : nullptr;
   const auto [tiles, kc] = plan_jobs(s, A2);
+  // AMX reads U in whole tiles of 64 channels: pad its channel groups with zeros when needed
+  const at::Tensor uv = s.Cv == s.Cs ? up : at::constant_pad_nd(up, {0, 0, 0, 0, 0, (s.Cv - s.Cs) / 4});
+  const int8_t* u = uv.data_ptr<int8_t>();
   const int64_t blocks = (s.P + tiles - 1) / tiles, chunks = (s.Kp + kc - 1) / kc;
   at::parallel_for(0, blocks * chunks, 1, [&](int64_t j0, int64_t j1) {
-    std::vector<vtype> V(A2 * tiles * s.Cs);
+#if SF_AMX
+    amx_begin();
+#endif
+    std::vector<vtype> V(A2 * tiles * s.Cv);
     std::vector<int32_t> acc(A2 * tiles * kc);
     int64_t have = -1;  // the tile block whose V is in the buffer
     for (int64_t job = j0; job < j1; ++job) {
       const int64_t blk = job / chunks, k0 = (job % chunks) * kc;
       const int64_t k1 = std::min(s.Kp, k0 + kc);
       const int64_t p0 = blk * tiles, p1 = std::min(s.P, p0 + tiles);
+      const int64_t rows = block_rows(p1 - p0);
       if (blk != have) {
-        input_tiles<M>(s, x.data_ptr<float>(), inv.data_ptr<float>(), V.data(), p0, p1);
+        input_tiles<M>(s, x.data_ptr<float>(), inv.data_ptr<float>(), V.data(), p0, p1, rows);
         have = blk;
       }
-      gemm_block(s, A2, V.data(), p1 - p0, up.data_ptr<int8_t>(), acc.data(), k0, k1);
+      gemm_block(s, A2, V.data(), rows, p1 - p0, u, acc.data(), k0, k1);
       output_tiles<M>(s, acc.data(), usp.data_ptr<int32_t>(), osp.data_ptr<float>(), bp, relu,
-                      out.data_ptr<float>(), p0, p1, k0, k1);
+                      out.data_ptr<float>(), p0, p1, k0, k1, rows);
     }
+#if SF_AMX
+    _tile_release();
+#endif
   });
   return out;
 }
@@ -438,6 +529,7 @@ at::Tensor winograd_int8_conv2d(const at::Tensor& x_in, const at::Tensor& u_pack
               "u_packed must be int8 (a*a, ceil(C/4), Kp, 4) from pack_weights, got ",
               u_packed.scalar_type(), " ", u_packed.sizes());
   s.Cs = u_packed.size(1) * 4; s.Kp = u_packed.size(2);
+  s.Cv = SF_AMX ? (s.Cs + 63) / 64 * 64 : s.Cs;
   TORCH_CHECK(u_sum.scalar_type() == at::kInt && u_sum.sizes() == at::IntArrayRef({A2, s.K}),
               "u_sum must be int32 (a*a, K)");
   TORCH_CHECK(v_scale.scalar_type() == at::kFloat && v_scale.sizes() == at::IntArrayRef({A2, s.C}),

@@ -1,5 +1,5 @@
 """sparseforge::winograd_int8_conv2d: the C++ kernel on every ISA variant this CPU runs
-(avx512_vnni, avx2, generic) against `winograd_int8_reference` over many shapes, opcheck, and the
+(avx512_amx, avx512_vnni, avx2, generic) against `winograd_int8_reference` over many shapes, opcheck, and the
 variant plumbing of extension.py (the other kernels keep their avx2/generic variants).
 
 Exactness: inputs are multiples of 1/4 in [-2, 2], so V = B^T d B is exact in fp32 whatever the
@@ -110,8 +110,11 @@ def test_op_rejects_wrongly_packed_weights_with_a_hint():
 def test_vnni_variant_is_opt_in_per_kernel():
     assert "avx512_vnni" not in extension.supported_isas()  # the existing kernels' default list
     assert extension.supported_isas(winograd_ops.VARIANTS)[-1] == "generic"
-    if extension.has_avx512_vnni():
-        assert extension.best_isa(winograd_ops.VARIANTS) == "avx512_vnni"
+    best = extension.best_isa(winograd_ops.VARIANTS)
+    if extension.has_amx_int8():
+        assert best == "avx512_amx"
+    elif extension.has_avx512_vnni():
+        assert best == "avx512_vnni"
     with pytest.raises(RuntimeError, match="cannot run"):
         extension.kernel("bsr_linear", "avx512_vnni")
 

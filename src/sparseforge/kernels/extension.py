@@ -15,7 +15,9 @@ from pathlib import Path
 import torch
 
 # variant -> extra compiler flags; "generic" is plain x86-64 (SSE2), the portable floor
-ISA_FLAGS: dict[str, tuple[str, ...]] = {
+ISA_FLAGS: dict[str, tuple[str, ...]] = {  # best first
+    "avx512_amx": ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mavx2", "-mfma",
+                   "-mprefer-vector-width=512", "-mamx-tile", "-mamx-int8"),
     "avx512_vnni": ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mavx2", "-mfma",
                     "-mprefer-vector-width=512"),
     "avx2": ("-mavx2", "-mfma"),
@@ -67,10 +69,17 @@ def has_avx512_vnni() -> bool:
             and {"avx512_vnni", "avx512bw", "avx512vl"} <= _cpu_flags())
 
 
+def has_amx_int8() -> bool:
+    """Whether this CPU has AMX int8 tiles (Sapphire Rapids and later) besides AVX-512 VNNI; the
+    kernel still asks Linux for the tile state (arch_prctl) and says so if refused."""
+    return has_avx512_vnni() and {"amx_tile", "amx_int8"} <= _cpu_flags()
+
+
 def supported_isas(variants: tuple[str, ...] = DEFAULT_VARIANTS) -> list[str]:
     """Those of `variants` this CPU can run, best first (the existing kernels: avx2, generic)."""
     cap = torch.backends.cpu.get_cpu_capability()
-    runs = {"avx512_vnni": has_avx512_vnni(), "avx2": cap in _AVX2_OR_BETTER, "generic": True}
+    runs = {"avx512_amx": has_amx_int8(), "avx512_vnni": has_avx512_vnni(),
+            "avx2": cap in _AVX2_OR_BETTER, "generic": True}
     return [v for v in ISA_FLAGS if v in variants and runs[v]]
 
 

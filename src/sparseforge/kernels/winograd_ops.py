@@ -1,6 +1,6 @@
 """`sparseforge::winograd_int8_conv2d`: LANCE int8 Winograd 3x3 stride-1 conv, on the shared
 `lib` fragment of ops.py: schema, fake impl, CPU impl (csrc/cpu/winograd_int8.cpp, built per ISA:
-avx512_vnni, avx2, generic, picked at run time), CUDA impl (triton_winograd.py). What it
+avx512_amx, avx512_vnni, avx2, generic, picked at run time), CUDA impl (triton_winograd.py). What it
 computes is `winograd_int8_reference` (quant/winograd.py); arguments come from
 `pack_weights` / `quantize_weights` there (`WinogradConv2d` builds them)."""
 
@@ -13,7 +13,7 @@ from ..quant.winograd import tile_grid, winograd_int8_reference
 from . import extension
 from .ops import lib
 
-VARIANTS = ("avx512_vnni", "avx2", "generic")  # the ISA variants this kernel is built in
+VARIANTS = ("avx512_amx", "avx512_vnni", "avx2", "generic")  # the ISA variants it is built in
 FILE = "winograd_int8"
 
 lib.define(
