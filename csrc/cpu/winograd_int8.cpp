@@ -157,19 +157,24 @@ void input_tiles(const Problem& s, const float* x, const float* inv, vtype* V, i
     for (int64_t c0 = 0; c0 < s.Cs; c0 += L) {
       const int64_t cl = std::max<int64_t>(0, std::min<int64_t>(L, s.C - c0));  // real channels
       const int64_t cn = std::min<int64_t>(L, s.Cs - c0);                        // stored channels
-      float d[A][A][L];
+      alignas(64) float d[A][A][L];
       for (int i = 0; i < A; ++i)
         for (int j = 0; j < A; ++j) {
           const int64_t yy = y0 + i, xx = x0 + j;
           const bool inside = yy >= 0 && yy < s.H && xx >= 0 && xx < s.W;
           const float* src = x + ((n * s.H + yy) * s.W + xx) * s.C + c0;  // NHWC: 16 floats
+#if SF_VNNI  // one masked zmm load and store (a piecewise copy stalls the zmm reads after it)
+          const __mmask16 lanes = inside ? static_cast<__mmask16>((1u << cl) - 1) : 0;
+          _mm512_store_ps(d[i][j], _mm512_maskz_loadu_ps(lanes, inside ? src : x));
+#else
           if (inside && cl == L) {
             for (int l = 0; l < L; ++l) d[i][j][l] = src[l];
           } else {
             for (int l = 0; l < L; ++l) d[i][j][l] = (inside && l < cl) ? src[l] : 0.0f;
           }
+#endif
         }
-      float t[A][A][L], v[A][A][L];
+      alignas(64) float t[A][A][L], v[A][A][L];
       for (int j = 0; j < A; ++j) {  // t = B^T d, column j
         const float* din[A];
         float* tout[A];
@@ -286,7 +291,8 @@ void rows(const vtype* V, int64_t Cs, const int8_t* U, int64_t Kp, int32_t* acc,
 }
 
 // Phase 2 for one block of nt tiles (nrows rows per position in the buffers) and out channels
-// [k0, k1): acc (a*a, nrows, k1 - k0) = V (a*a, nrows, Cv) x U (a*a, Cv, Kp) on those columns.
+// [k0, k1): acc (nrows, a*a, k1 - k0) = V (a*a, nrows, Cv) x U (a*a, Cv, Kp) on those columns
+// (a tile's a*a products side by side, as the output transform reads them).
 #if SF_AMX
 // AMX: tiles 0-3 accumulate 32 V rows x 32 out channels (16 x 16 int32 each), 4-5 hold V rows
 // (16 x 64 channels, u8), 6-7 U (16 groups of 4 channels x 16 out channels, s8: the packing of
@@ -314,11 +320,11 @@ void amx_begin() {
 
 void gemm_block(const Problem& s, int A2, const vtype* V, int64_t nrows, int64_t /*nt*/,
                 const int8_t* U, int32_t* acc, int64_t k0, int64_t k1) {
-  const int64_t kc = k1 - k0, steps = s.Cv / 64, bs = s.Kp * 4;
+  const int64_t kc = k1 - k0, steps = s.Cv / 64, bs = s.Kp * 4, ldc = A2 * kc;
   for (int xi = 0; xi < A2; ++xi) {
     const vtype* Vx = V + xi * nrows * s.Cv;
     const int8_t* Ux = U + xi * (s.Cv / 4) * s.Kp * 4;
-    int32_t* accx = acc + xi * nrows * kc;
+    int32_t* accx = acc + xi * kc;
     for (int64_t k = k0; k < k1; k += 32) {
       const bool two_k = k + 32 <= k1;
       for (int64_t p = 0; p < nrows; p += 32) {
@@ -339,12 +345,12 @@ void gemm_block(const Problem& s, int A2, const vtype* V, int64_t nrows, int64_t
             if (two_k) _tile_dpbusd(3, 5, 7);
           }
         }
-        int32_t* c = accx + p * kc + (k - k0);
-        _tile_stored(0, c, kc * 4);
-        if (two_k) _tile_stored(1, c + 16, kc * 4);
+        int32_t* c = accx + p * ldc + (k - k0);
+        _tile_stored(0, c, ldc * 4);
+        if (two_k) _tile_stored(1, c + 16, ldc * 4);
         if (two_p) {
-          _tile_stored(2, c + 16 * kc, kc * 4);
-          if (two_k) _tile_stored(3, c + 16 * kc + 16, kc * 4);
+          _tile_stored(2, c + 16 * ldc, ldc * 4);
+          if (two_k) _tile_stored(3, c + 16 * ldc + 16, ldc * 4);
         }
       }
     }
@@ -355,16 +361,16 @@ constexpr int64_t kRowStep = kPT;
 
 void gemm_block(const Problem& s, int A2, const vtype* V, int64_t nrows, int64_t nt,
                 const int8_t* U, int32_t* acc, int64_t k0, int64_t k1) {
-  const int64_t kc = k1 - k0;
+  const int64_t kc = k1 - k0, ldc = A2 * kc;
   for (int xi = 0; xi < A2; ++xi) {
     const vtype* Vx = V + xi * nrows * s.Cv;
-    int32_t* accx = acc + xi * nrows * kc;
+    int32_t* accx = acc + xi * kc;
     for (int64_t k = k0; k < k1; k += 16 * kNK) {
       const int64_t nk = std::min<int64_t>(kNK, (k1 - k) / 16);
       const int8_t* Ux = U + xi * s.Cs * s.Kp + k * 4;
       for (int64_t p = 0; p < nt; p += kPT) {
         const int64_t pt = std::min<int64_t>(kPT, nt - p);
-        rows<kPT>(Vx + p * s.Cv, s.Cs, Ux, s.Kp, accx + p * kc + (k - k0), kc, pt, nk);
+        rows<kPT>(Vx + p * s.Cv, s.Cs, Ux, s.Kp, accx + p * ldc + (k - k0), ldc, pt, nk);
       }
     }
   }
@@ -375,27 +381,27 @@ void gemm_block(const Problem& s, int A2, const vtype* V, int64_t nrows, int64_t
 int64_t block_rows(int64_t nt) { return (nt + kRowStep - 1) / kRowStep * kRowStep; }
 
 // Phase 3 for tiles [p0, p1) and out channels [kb, k1): dequantize, Y = A^T M A, bias, relu
-// (16 out channels per vector step), stored channels last. acc is the block's (a*a, rows, k1 - kb).
+// (16 out channels per vector step), stored channels last. acc is the block's (rows, a*a, k1 - kb).
 template <int M>
 void output_tiles(const Problem& s, const int32_t* acc, const int32_t* u_sum, const float* oscale,
                   const float* bias, bool relu, float* out, int64_t p0, int64_t p1, int64_t kb,
-                  int64_t k1, int64_t rows) {
+                  int64_t k1) {
   constexpr int A = M + 2;
   const int64_t kc = k1 - kb;
   for (int64_t p = p0; p < p1; ++p) {
     const int64_t n = p / (s.th * s.tw), ty = (p / s.tw) % s.th, tx = p % s.tw;
     for (int64_t k0 = kb; k0 < std::min(s.K, k1); k0 += L) {
       const int64_t kn = std::min<int64_t>(L, s.K - k0);
-      float m[A][A][L];
+      alignas(64) float m[A][A][L];
       for (int xi = 0; xi < A * A; ++xi) {
         // k1 is a multiple of 16, so k0 + 16 <= k1: always readable
-        const int32_t* a = acc + (xi * rows + p - p0) * kc + (k0 - kb);
+        const int32_t* a = acc + ((p - p0) * A * A + xi) * kc + (k0 - kb);
         const int32_t* us = u_sum + xi * s.Kp + k0;
         const float* sc = oscale + xi * s.Kp + k0;
         for (int l = 0; l < L; ++l)
           m[xi / A][xi % A][l] = static_cast<float>(a[l] - kShift * us[l]) * sc[l];
       }
-      float t[M][A][L], y[M][M][L];
+      alignas(64) float t[M][A][L], y[M][M][L];
       for (int j = 0; j < A; ++j) {  // t = A^T m, column j
         const float* min_[A];
         float* tout[M];
@@ -418,12 +424,16 @@ void output_tiles(const Problem& s, const int32_t* acc, const int32_t* u_sum, co
         for (int j = 0; j < M; ++j) {
           const int64_t xx = tx * M + j;
           if (xx >= s.Wo) break;
-          float v[L];
+          alignas(64) float v[L];
           for (int l = 0; l < L; ++l) v[l] = y[i][j][l] + b[l];
           if (relu)
             for (int l = 0; l < L; ++l) v[l] = std::max(v[l], 0.0f);
           float* o = out + ((n * s.Ho + yy) * s.Wo + xx) * s.K + k0;  // NHWC: 16 floats
+#if SF_VNNI
+          _mm512_mask_storeu_ps(o, static_cast<__mmask16>((1u << kn) - 1), _mm512_loadu_ps(v));
+#else
           for (int64_t l = 0; l < kn; ++l) o[l] = v[l];
+#endif
         }
       }
     }
@@ -499,7 +509,7 @@ at::Tensor run(const Problem& s, const at::Tensor& x, const at::Tensor& up, cons
       }
       gemm_block(s, A2, V.data(), rows, p1 - p0, u, acc.data(), k0, k1);
       output_tiles<M>(s, acc.data(), usp.data_ptr<int32_t>(), osp.data_ptr<float>(), bp, relu,
-                      out.data_ptr<float>(), p0, p1, k0, k1, rows);
+                      out.data_ptr<float>(), p0, p1, k0, k1);
     }
 #if SF_AMX
     _tile_release();
