@@ -5,7 +5,7 @@
 //   1. input transform + quantize, per tile: V = B^T d B (fp32), q = round(V / v_scale[pos][c])
 //      clamped to -127..127, stored per position as (tiles, Cs channels) rows of the block;
 //   2. one int8 GEMM per transform position with int32 accumulation over channels,
-//      acc[pos] (tiles, kc) = V[pos] (tiles, Cs) x U[pos] (Cs, kc), register-blocked;
+//      acc[tile][pos] (kc) = V[pos] (tiles, Cs) x U[pos] (Cs, kc) (AMX tiles or registers);
 //   3. per tile: M = (acc - comp) * out_scale[pos][k], Y = A^T M A, + bias, relu.
 // Input and output are channels last (NHWC memory, NCHW shape): 16 channels of a pixel are one
 // vector load or store; an NCHW input is converted once on entry.
@@ -13,12 +13,13 @@
 // 4 channels are one 64-byte row.
 //
 // Variants (SF_ISA, picked at run time by kernels/extension.py):
+//   avx512_amx:  as avx512_vnni, but the GEMMs run on AMX tiles (tdpbusd, u8 x s8 -> s32).
 //   avx512_vnni: V as uint8 (q + 128), vpdpbusd (u8 x s8 -> s32, 4 products per lane); the
 //                +128 shift is undone by comp = 128 * sum_c q_u (u_sum).
 //   avx2:        V as int16, U widened to int16, vpmaddwd (s16 x s16 -> s32, 2 per lane), as
 //                ncnn's int8 Winograd does: vpmaddubsw would saturate its int16 pair sums.
 //   generic:     V as int16, scalar int32 multiply-add.
-// All three give the same int32 accumulators (every product and sum is exact).
+// All four give the same int32 accumulators (every product and sum is exact).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
