@@ -32,7 +32,8 @@ from sparseforge.profile import machine_info
 from sparseforge.profile.latency import interleaved
 from sparseforge.profile.rows import write_csv
 from sparseforge.runtime.deploy import deploy
-from sparseforge.sparsity.masks import apply_mask, bake_masks
+from sparseforge.sparsity import prune
+from sparseforge.sparsity.masks import bake_masks
 
 RESNET_WEIGHTS = Path("runs/resnet20_dense/model/final.pt")  # fmnist_resnet20_dense.yaml
 DEMO_RUN = Path("runs/demo/gmp90")
@@ -42,12 +43,8 @@ BATCHES = (1, 32)
 
 def magnitude_prune(model: nn.Module, sparsity: float) -> nn.Module:
     """Mask every Conv2d but the first to `sparsity` by weight magnitude, per layer."""
-    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-    for conv in convs[1:]:
-        w = conv.weight.detach().abs().flatten()
-        keep = max(1, round(w.numel() * (1.0 - sparsity)))
-        threshold = torch.topk(w, keep).values[-1]
-        apply_mask(conv, conv.weight.detach().abs() >= threshold)
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    prune(model, "unstructured", sparsity, layers={"include": convs[1:]})
     return model
 
 
