@@ -4,6 +4,7 @@ Nothing here compiles until a kernel is first called."""
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import os
 import re
@@ -69,10 +70,18 @@ def has_avx512_vnni() -> bool:
             and {"avx512_vnni", "avx512bw", "avx512vl"} <= _cpu_flags())
 
 
+@functools.cache
 def has_amx_int8() -> bool:
-    """Whether this CPU has AMX int8 tiles (Sapphire Rapids and later) besides AVX-512 VNNI; the
-    kernel still asks Linux for the tile state (arch_prctl) and says so if refused."""
-    return has_avx512_vnni() and {"amx_tile", "amx_int8"} <= _cpu_flags()
+    """Whether this CPU has AMX int8 tiles (Sapphire Rapids and later) besides AVX-512 VNNI and
+    Linux grants this process the tile state (arch_prctl(ARCH_REQ_XCOMP_PERM), asked here once;
+    refused e.g. where a thread's alternate signal stack is too small for it)."""
+    if not (has_avx512_vnni() and {"amx_tile", "amx_int8"} <= _cpu_flags()):
+        return False
+    sys_arch_prctl, req_xcomp_perm, xfeature_xtiledata = 158, 0x1023, 18  # x86-64 Linux
+    try:
+        return ctypes.CDLL(None).syscall(sys_arch_prctl, req_xcomp_perm, xfeature_xtiledata) == 0
+    except (OSError, AttributeError):
+        return False
 
 
 def supported_isas(variants: tuple[str, ...] = DEFAULT_VARIANTS) -> list[str]:
