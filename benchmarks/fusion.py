@@ -4,7 +4,7 @@ planner (eager and torch.compile) and with it (deploy(..., fuse=True): epilogues
 kernels, the rest through TorchInductor, with and without inductor's freezing). Models: a
 transformer-FFN stack (768 -> 3072 -> 768, relu, residual, x4) at 90% weight sparsity as BSR
 16x16 tiles and as unstructured CSR, ResNet-20 at 90% per conv on direct sparse convs (BatchNorm
-folded), and the demo CNN dense.
+folded), the demo CNN with int8 Winograd convs, and the demo CNN dense.
 
     python benchmarks/fusion.py --out runs/fusion   # prints tables and plans, writes CSV
 """
@@ -21,10 +21,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from sparseforge.graph import fuse
 from sparseforge.models import create_model
 from sparseforge.profile import machine_info
 from sparseforge.profile.latency import interleaved
 from sparseforge.profile.rows import write_csv
+from sparseforge.quant.winograd_conv import quantize_winograd
 from sparseforge.runtime import CANDIDATES, DeployedModel, apply_plan, deploy
 from sparseforge.runtime.candidates import DENSE, check
 from sparseforge.runtime.deploy import fuse_deployed
@@ -73,11 +75,21 @@ def sparse_resnet20() -> nn.Module:
     return bake_masks(model).eval()
 
 
+def winograd_cnn() -> nn.Module:
+    """The demo CNN (random weights) with BatchNorm folded and its 3x3 convs as int8 Winograd
+    F(2,3) (calibrated on random batches): an int8 model whose conv -> relu the planner folds."""
+    torch.manual_seed(0)
+    model = create_model("cnn", num_classes=10, in_channels=1).eval()
+    folded = fuse(model, bn=True, pad=False, affine=False, identity=False).module
+    return quantize_winograd(folded, [torch.randn(8, 1, 28, 28) for _ in range(4)], tile=2)[0]
+
+
 MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], tuple[str, ...]]] = {
     # name -> (model, input shape without batch, deploy candidates)
     "ffn_bsr90": (lambda: ffn_stack("block"), (768,), ("bsr16",)),
     "ffn_csr90": (lambda: ffn_stack("unstructured"), (768,), ("csr",)),
     "resnet20_direct90": (sparse_resnet20, (1, 28, 28), ("direct",)),
+    "cnn_winograd_int8": (winograd_cnn, (1, 28, 28), ("dense",)),
     "cnn_dense": (lambda: create_model("cnn", num_classes=10, in_channels=1).eval(), (1, 28, 28),
                   ("bsr16", "csr")),
 }
