@@ -16,11 +16,11 @@ from pathlib import Path
 import torch
 
 # variant -> extra compiler flags; "generic" is plain x86-64 (SSE2), the portable floor
+_AVX512_VNNI = ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mavx2", "-mfma",
+                "-mprefer-vector-width=512")
 ISA_FLAGS: dict[str, tuple[str, ...]] = {  # best first
-    "avx512_amx": ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mavx2", "-mfma",
-                   "-mprefer-vector-width=512", "-mamx-tile", "-mamx-int8"),
-    "avx512_vnni": ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mavx2", "-mfma",
-                    "-mprefer-vector-width=512"),
+    "avx512_amx": (*_AVX512_VNNI, "-mamx-tile", "-mamx-int8"),
+    "avx512_vnni": _AVX512_VNNI,
     "avx2": ("-mavx2", "-mfma"),
     "generic": (),
 }

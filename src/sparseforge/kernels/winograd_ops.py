@@ -1,8 +1,9 @@
 """`sparseforge::winograd_int8_conv2d`: LANCE int8 Winograd 3x3 stride-1 conv, on the shared
-`lib` fragment of ops.py: schema, fake impl, CPU impl (csrc/cpu/winograd_int8.cpp, built per ISA:
-avx512_amx, avx512_vnni, avx2, generic, picked at run time), CUDA impl (triton_winograd.py). What it
-computes is `winograd_int8_reference` (quant/winograd.py); arguments come from
-`pack_weights` / `quantize_weights` there (`WinogradConv2d` builds them)."""
+`lib` fragment of ops.py: schema, fake impl, CPU impl (csrc/cpu/winograd_int8.cpp, built per
+ISA: avx512_amx, avx512_vnni, avx2, generic, picked at run time), CUDA impl
+(triton_winograd.py). What it computes is `winograd_int8_reference` (quant/winograd.py);
+arguments come from `pack_weights` / `quantize_weights` there (`WinogradConv2d` builds them).
+Every implementation returns channels-last memory."""
 
 from __future__ import annotations
 
