@@ -21,7 +21,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sparseforge.graph import fuse
 from sparseforge.models import create_model
 from sparseforge.profile import machine_info
 from sparseforge.profile.latency import interleaved
@@ -80,8 +79,8 @@ def winograd_cnn() -> nn.Module:
     F(2,3) (calibrated on random batches): an int8 model whose conv -> relu the planner folds."""
     torch.manual_seed(0)
     model = create_model("cnn", num_classes=10, in_channels=1).eval()
-    folded = fuse(model, bn=True, pad=False, affine=False, identity=False).module
-    return quantize_winograd(folded, [torch.randn(8, 1, 28, 28) for _ in range(4)], tile=2)[0]
+    return quantize_winograd(model, [torch.randn(8, 1, 28, 28) for _ in range(4)], tile=2,
+                             fold_bn=True)[0]
 
 
 MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], tuple[str, ...]]] = {

@@ -21,7 +21,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sparseforge.graph import fuse
 from sparseforge.models import create_model
 from sparseforge.profile import machine_info
 from sparseforge.profile.latency import interleaved
@@ -55,9 +54,8 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], tuple[int, ...
 
 def winograd(model: nn.Module, calib: list[torch.Tensor], tile: int) -> nn.Module | None:
     """Our int8 Winograd for the 3x3 stride-1 convs after BatchNorm folding; None if none fits."""
-    folded = fuse(model, bn=True, pad=False, affine=False, identity=False).module
     try:
-        return quantize_winograd(folded, calib, tile=tile)[0]
+        return quantize_winograd(model, calib, tile=tile, fold_bn=True)[0]
     except ValueError:
         return None
 

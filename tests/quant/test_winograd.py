@@ -127,6 +127,24 @@ def test_quantize_winograd_tracks_the_fp32_model(tile, granularity):
         assert torch.equal(sched, sched[:, :1].expand_as(sched))
 
 
+def test_quantize_winograd_can_fold_batchnorm_first():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)).eval()
+    for bn in (model[1], model[4]):  # non-trivial statistics, so a missed fold shows
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+    batches = [torch.randn(4, 3, 9, 9) for _ in range(3)]
+    q, skipped = quantize_winograd(model, batches, 2, fold_bn=True)
+    assert skipped == {}
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in q.modules())
+    assert sum(isinstance(m, WinogradConv2d) for m in q.modules()) == 2
+    x = batches[0]
+    with torch.no_grad():
+        ref, out = model(x), q(x)
+    assert ((out - ref).norm() / ref.norm()).item() < 0.05
+
+
 def test_winograd_aware_qat_fake_quantizes_and_passes_gradients():
     torch.manual_seed(0)
     conv = nn.Conv2d(4, 6, 3, padding=1)

@@ -190,11 +190,18 @@ def freeze(model: nn.Module) -> None:
 
 def quantize_winograd(
     model: nn.Module, batches: Iterable, tile: int = 2, *, v_granularity: VGranularity = "position",
-    observer: str = "minmax", calibration_batches: int = 16,
+    observer: str = "minmax", calibration_batches: int = 16, fold_bn: bool = False,
 ) -> tuple[nn.Module, dict[str, str]]:
     """(an int8-Winograd copy of `model` in eval mode, {conv name: why it was not converted}):
-    swap the 3x3 stride-1 convs, calibrate V on `batches`, quantize U, freeze."""
-    out = copy.deepcopy(model).eval()
+    swap the 3x3 stride-1 convs, calibrate V on `batches`, quantize U, freeze. `fold_bn` first
+    folds each BatchNorm into the conv before it (FuPruner's `graph.fuse`; the copy is then a
+    traced GraphModule), so it runs inside the Winograd weights and bias."""
+    if fold_bn:
+        from ..graph import fuse  # imported here: graph imports this package
+
+        out = fuse(model.eval(), bn=True, pad=False, affine=False, identity=False).module.eval()
+    else:
+        out = copy.deepcopy(model).eval()
     skipped = replace_convs(out, tile, v_granularity=v_granularity, observer=observer)
     if not winograd_layers(out):
         raise ValueError(f"no conv of the model can run as Winograd F({tile},3): {skipped}")
