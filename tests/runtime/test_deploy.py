@@ -194,6 +194,25 @@ def test_targets_fail_clearly():
             deploy(tiny_model(), example(), target="cuda")
 
 
+class Untraceable(nn.Module):
+    """No BatchNorm, and data-dependent control flow that torch.fx cannot trace."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.fc(x) if x.sum() > 0 else -self.fc(x)
+
+
+def test_fold_bn_on_a_model_without_batchnorm_traces_nothing(monkeypatch):
+    monkeypatch.setattr(deploy_module, "time_side_by_side", fake_timings(DENSE))
+    model, x = Untraceable().eval(), torch.ones(2, 16)
+    deployed = deploy(model, x, fold_bn=True, **FAST)
+    with torch.no_grad():
+        torch.testing.assert_close(deployed(x), model(x))
+
+
 def test_fold_bn_folds_before_choosing_and_reloads(monkeypatch, tmp_path):
     monkeypatch.setattr(deploy_module, "time_side_by_side", fake_timings("direct"))
     torch.manual_seed(0)

@@ -111,9 +111,10 @@ class DeployedModel:
 
 def prepare(model: nn.Module, device: torch.device | str, fold_bn: bool = False) -> nn.Module:
     """The module deploy picks kernels for: a baked, eval-mode copy of `model` on `device`,
-    with BatchNorm folded into the layer before it when `fold_bn`."""
+    with BatchNorm folded into the layer before it when `fold_bn` (nothing to do, and no trace,
+    for a model without BatchNorm)."""
     work = bake_masks(copy.deepcopy(model)).to(torch.device(device)).eval()
-    if fold_bn:
+    if fold_bn and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in work.modules()):
         from ..graph import fuse
 
         work = fuse(work, bn=True, pad=False, affine=False, identity=False).module.eval()
