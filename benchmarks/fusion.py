@@ -74,6 +74,35 @@ def sparse_resnet20() -> nn.Module:
     return bake_masks(model).eval()
 
 
+def act_sparse_ffn_stack(depth: int = 4, sparsity: float = 0.9) -> nn.Module:
+    """`depth` FFN blocks x + fc2(FATReLU(fc1(x))) with the threshold at the `sparsity` quantile
+    of fc1's outputs on random input (ProSparse-like: ~90% zero activations), fc2 as the
+    zero-skipping `SparseInputLinear` (activation.deploy_activation_sparse)."""
+    from sparseforge.activation import FATReLU
+    from sparseforge.activation.deploy import deploy_activation_sparse
+
+    torch.manual_seed(0)
+    blocks = []
+    for _ in range(depth):
+        ffn = nn.Sequential(nn.Linear(768, 3072), FATReLU(), nn.Linear(3072, 768))
+        with torch.no_grad():
+            pre = ffn[0](torch.randn(256, 768))
+        ffn[1].threshold = float(pre.flatten().kthvalue(int(sparsity * pre.numel())).values)
+        blocks.append(ffn)
+    model = nn.Sequential(*(Residual(b) for b in blocks)).eval()
+    deploy_activation_sparse(model)
+    return model
+
+
+class Residual(nn.Module):
+    def __init__(self, body: nn.Module) -> None:
+        super().__init__()
+        self.body = body
+
+    def forward(self, x):
+        return x + self.body(x)
+
+
 def winograd_cnn() -> nn.Module:
     """The demo CNN (random weights) with BatchNorm folded and its 3x3 convs as int8 Winograd
     F(2,3) (calibrated on random batches): an int8 model whose conv -> relu the planner folds."""
@@ -89,6 +118,7 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], tuple[str, ...
     "ffn_csr90": (lambda: ffn_stack("unstructured"), (768,), ("csr",)),
     "resnet20_direct90": (sparse_resnet20, (1, 28, 28), ("direct",)),
     "cnn_winograd_int8": (winograd_cnn, (1, 28, 28), ("dense",)),
+    "ffn_act90": (act_sparse_ffn_stack, (768,), ("dense",)),
     "cnn_dense": (lambda: create_model("cnn", num_classes=10, in_channels=1).eval(), (1, 28, 28),
                   ("bsr16", "csr")),
 }
