@@ -74,6 +74,17 @@ def sparse_resnet20() -> nn.Module:
     return bake_masks(model).eval()
 
 
+class Residual(nn.Module):
+    """x + body(x)."""
+
+    def __init__(self, body: nn.Module) -> None:
+        super().__init__()
+        self.body = body
+
+    def forward(self, x):
+        return x + self.body(x)
+
+
 def act_sparse_ffn_stack(depth: int = 4, sparsity: float = 0.9) -> nn.Module:
     """`depth` FFN blocks x + fc2(FATReLU(fc1(x))) with the threshold at the `sparsity` quantile
     of fc1's outputs on random input (ProSparse-like: ~90% zero activations), fc2 as the
@@ -92,15 +103,6 @@ def act_sparse_ffn_stack(depth: int = 4, sparsity: float = 0.9) -> nn.Module:
     model = nn.Sequential(*(Residual(b) for b in blocks)).eval()
     deploy_activation_sparse(model)
     return model
-
-
-class Residual(nn.Module):
-    def __init__(self, body: nn.Module) -> None:
-        super().__init__()
-        self.body = body
-
-    def forward(self, x):
-        return x + self.body(x)
 
 
 def winograd_cnn() -> nn.Module:
