@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from torch import nn
 
 from sparseforge.data.fashion_mnist import FILES
 
@@ -112,3 +113,33 @@ def train_killed_after_epoch(monkeypatch):
             monkeypatch.setattr(trainer, "save_atomic", real_save)
 
     return run
+
+
+@pytest.fixture
+def fake_clock(monkeypatch):
+    """Install a deterministic timer behind scope 'latency': a call's 'time' is the sum of
+    `cost(conv, output)` over the Conv2d layers it runs. Call the fixture with `cost`."""
+    from sparseforge.graph import prune as prune_module
+    from sparseforge.profile.timing import Timing
+
+    def install(cost):
+        def fake_interleaved(fns, *, rounds, repeats):
+            out = {}
+            for name, fn in fns.items():
+                total = [0.0]
+
+                def hook(mod, _inp, output, total=total):
+                    if isinstance(mod, nn.Conv2d):
+                        total[0] += cost(mod, output)
+
+                handle = nn.modules.module.register_module_forward_hook(hook)
+                try:
+                    fn()
+                finally:
+                    handle.remove()
+                out[name] = Timing.from_samples([total[0]])
+            return out
+
+        monkeypatch.setattr(prune_module, "interleaved", fake_interleaved)
+
+    return install

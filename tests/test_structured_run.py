@@ -85,7 +85,7 @@ def test_structured_and_modifiers_together_are_refused(make_recipe):
 
 
 @pytest.mark.parametrize("name", ["fmnist_resnet20_channel50.yaml", "fmnist_resnet20_fupruner50.yaml",
-                                  "fmnist_resnet20_latency50.yaml"])
+                                  "fmnist_resnet20_latency50.yaml", "fmnist_resnet20_depth50.yaml"])
 def test_shipped_structured_recipes_run(name, tiny_fmnist, tmp_path):
     from importlib import resources
 
@@ -100,3 +100,26 @@ def test_shipped_structured_recipes_run(name, tiny_fmnist, tmp_path):
     run = compress(recipe, tmp_path / "run")
     plan = json.loads((run / "structure.json").read_text())
     assert 1 - plan["flops"]["after"] / plan["flops"]["before"] >= 0.5
+
+
+def test_depth_run_drops_blocks_reloads_and_resumes(make_recipe, tmp_path, fake_clock,
+                                                   train_killed_after_epoch):
+    # a machine where only full-resolution convs cost time: whole stage-1 blocks are the buy
+    fake_clock(lambda conv, y: float(y.shape[1]) if y.shape[-1] == 28 else 0.0)
+    recipe = make_recipe(model={"name": "resnet", "args": {"depth": 20}}, train={"epochs": 2},
+                         structured={"flops": 0.3, "scope": "latency", "depth": True,
+                                     "max_ratio": 0.5, "round_to": 4})
+    straight = train(recipe, tmp_path / "a", progress=False)
+    plan = json.loads((straight / "structure.json").read_text())
+    assert plan["dropped_branches"]
+    assert "Dropped branches" in (straight / "report.md").read_text()
+    train_killed_after_epoch(recipe, tmp_path / "b")
+    resumed = train(recipe, tmp_path / "b", resume=True, progress=False)
+    _, splits, ma = load_run(straight)
+    _, _, mb = load_run(resumed)
+    x = splits.test.tensors[0][:8]
+    assert torch.equal(ma.eval()(x), mb.eval()(x))
+    from sparseforge.runtime import check_onnx, export_model
+
+    onnx = export_model(ma, x[:2], tmp_path / "depth.onnx", "onnx")
+    assert check_onnx(onnx, ma, x[:3]) < 1e-4

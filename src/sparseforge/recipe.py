@@ -118,6 +118,7 @@ class StructuredConfig(_Strict):
     max_ratio: float = Field(0.9, gt=0.0, lt=1.0)
     limits: dict[str, Annotated[float, Field(ge=0.0, lt=1.0)]] = {}  # module prefix -> max share
     ignore: list[str] = []
+    depth: bool = False  # scope latency: may also drop whole residual branches (graph.depth)
     fuse: FuseConfig | None = None
     soft: bool = False
 
@@ -126,6 +127,9 @@ class StructuredConfig(_Strict):
         given = [n for n in ("ratio", "flops", "speedup") if getattr(self, n) is not None]
         if len(given) != 1:
             raise ValueError(f"give exactly one of ratio, flops, speedup (got {given or 'none'})")
+        if self.depth and self.scope != "latency":
+            raise ValueError("depth: true needs scope: latency (the measured greedy decides "
+                             "between dropping a branch and thinning layers)")
         return self
 
     def target(self) -> dict[str, float]:

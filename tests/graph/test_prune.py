@@ -152,35 +152,9 @@ def test_per_module_limits_cap_their_groups(model):
         prune_channels(model, X, ratio=0.5, limits={"layer2": 1.5})
 
 
-def _fake_clock(monkeypatch, cost):
-    """Replace the timer behind scope 'latency' with a deterministic one: a call's 'time' is the
-    sum of `cost(conv, output)` over the Conv2d layers it runs."""
-    from sparseforge.graph import prune as prune_module
-    from sparseforge.profile.timing import Timing
-
-    def fake_interleaved(fns, *, rounds, repeats):
-        out = {}
-        for name, fn in fns.items():
-            total = [0.0]
-
-            def hook(mod, _inp, output, total=total):
-                if isinstance(mod, nn.Conv2d):
-                    total[0] += cost(mod, output)
-
-            handle = nn.modules.module.register_module_forward_hook(hook)
-            try:
-                fn()
-            finally:
-                handle.remove()
-            out[name] = Timing.from_samples([total[0]])
-        return out
-
-    monkeypatch.setattr(prune_module, "interleaved", fake_interleaved)
-
-
-def test_latency_scope_cuts_where_the_measured_time_goes(model, monkeypatch):
+def test_latency_scope_cuts_where_the_measured_time_goes(model, fake_clock):
     # only full-resolution (28x28, stage 1) convolutions cost time on this fake machine
-    _fake_clock(monkeypatch, lambda conv, y: float(y.shape[1]) if y.shape[-1] == 28 else 0.0)
+    fake_clock(lambda conv, y: float(y.shape[1]) if y.shape[-1] == 28 else 0.0)
     small, plan = prune_channels(model, X, flops=0.3, scope="latency", max_ratio=0.5, round_to=4)
     assert 1 - plan.flops[1] / plan.flops[0] >= 0.3
     widths = {n: c.out_channels for n, c in small.named_modules() if isinstance(c, nn.Conv2d)}
@@ -199,7 +173,7 @@ def test_latency_scope_needs_a_flops_or_speedup_target(model):
         prune_channels(model, X, ratio=0.5, scope="stage")
 
 
-def test_latency_scope_out_of_reach_says_so(model, monkeypatch):
-    _fake_clock(monkeypatch, lambda conv, y: float(y.shape[1]))
+def test_latency_scope_out_of_reach_says_so(model, fake_clock):
+    fake_clock(lambda conv, y: float(y.shape[1]))
     with pytest.raises(ValueError, match="out of reach"):
         prune_channels(model, X, flops=0.9, scope="latency", max_ratio=0.1)

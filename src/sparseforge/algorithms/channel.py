@@ -76,7 +76,7 @@ def _prune(model: nn.Module, cfg: StructuredConfig, example: Tensor) -> tuple[nn
     small, plan = prune_channels(
         cpu, example.cpu(), importance=cfg.importance, scope=cfg.scope, round_to=cfg.round_to,
         max_ratio=cfg.max_ratio, limits=cfg.limits, ignore=cfg.ignore,
-        latency_batch=cfg.latency_batch, **cfg.target(),
+        latency_batch=cfg.latency_batch, depth=cfg.depth, **cfg.target(),
     )
     return small.to(device).train(model.training), plan
 

@@ -19,6 +19,7 @@ from ..checkpoint import write_json_atomic
 from ..profile.flops import count_flops
 from ..profile.latency import interleaved
 from .dependency import DependencyGraph, Key, dependency_graph
+from .depth import ResidualBranch, drop_branches, residual_branches
 from .importance import unit_scores
 from .shrink import Fixup, shrink
 
@@ -38,6 +39,7 @@ class PrunePlan:
     unsupported: list[str] = field(default_factory=list)
     flops: tuple[int, int] = (0, 0)
     params: tuple[int, int] = (0, 0)
+    dropped: list[dict] = field(default_factory=list)  # {"module", "add", "children", "shape"}
 
     def to_dict(self) -> dict:
         return {
@@ -47,6 +49,7 @@ class PrunePlan:
             "unsupported_ops": self.unsupported,
             "flops": {"before": self.flops[0], "after": self.flops[1]},
             "params": {"before": self.params[0], "after": self.params[1]},
+            "dropped_branches": self.dropped,
         }
 
     @classmethod
@@ -56,7 +59,8 @@ class PrunePlan:
         return cls(kept, sizes, data.get("groups", []), data.get("kept_dense", []),
                    data.get("unsupported_ops", []),
                    (data["flops"]["before"], data["flops"]["after"]),
-                   (data["params"]["before"], data["params"]["after"]))
+                   (data["params"]["before"], data["params"]["after"]),
+                   data.get("dropped_branches", []))
 
     def save(self, path: str | Path) -> Path:
         """Write the plan as JSON atomically (temporary file, then rename): a run killed
@@ -74,20 +78,26 @@ class PrunePlan:
                  f"parameters {p0 / 1e6:.3f} M -> {p1 / 1e6:.3f} M"]
         lines += [f"kept dense: {k['tensors']}: {k['channels']} units ({k['reason']})"
                   for k in self.kept_dense]
+        lines += [f"dropped residual branch {d['module']}:{d['add']} ({', '.join(d['children'])})"
+                  for d in self.dropped]
         lines += [f"unsupported op: {u}" for u in self.unsupported]
         return "\n".join(lines)
 
 
 def apply_plan(model: nn.Module, plan: PrunePlan, *, fixups: dict[type[nn.Module], Fixup] | None = None) -> nn.Module:
     """Shrink a fresh copy of the original architecture as `plan` says (then load the pruned
-    state dict into it); no tracing needed. A plan made for another model is refused."""
+    state dict into it); no tracing needed, except torch.fx on the modules whose residual
+    branches the plan drops. A plan made for another model is refused."""
     tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
     for (name, dim), size in plan.sizes.items():
         if name not in tensors or tensors[name].shape[dim] != size:
             raise ValueError(f"this plan does not fit the model: {name} (dim {dim}) should have "
                              f"size {size}; build the model from the same recipe first")
-    return shrink(model, {k: torch.tensor(v, dtype=torch.long) for k, v in plan.kept.items()},
-                  fixups=fixups)
+    model = shrink(model, {k: torch.tensor(v, dtype=torch.long) for k, v in plan.kept.items()},
+                   fixups=fixups)
+    branches = [ResidualBranch(d["module"], d["add"], tuple(d["children"])) for d in plan.dropped]
+    return drop_branches(model, branches, None, {b.name: tuple(d["shape"])
+                                                 for b, d in zip(branches, plan.dropped, strict=True)})
 
 
 def select_units(
@@ -170,13 +180,15 @@ def prune_channels(
     ignore: Iterable[str] = (),
     fixups: dict[type[nn.Module], Fixup] | None = None,
     latency_batch: int | None = None,
+    depth: bool = False,
 ) -> tuple[nn.Module, PrunePlan]:
     """Remove channels/heads from a copy of `model`: `ratio` of the units, or as few as give
     `flops` (fraction of FLOPs removed), or a measured `speedup` on `example` (dense time over
     pruned time); exactly one target. `limits` caps the removed share per module prefix
     (e.g. {"layer1": 0.3}); `ignore` keeps modules whole. Scope 'latency' spends the target
     where it buys the most measured time per importance lost (`allocate_by_latency`).
-    Timing runs on `example` repeated to `latency_batch` rows when given.
+    Timing runs on `example` repeated to `latency_batch` rows when given. `depth` (scope
+    'latency' only) also offers the greedy whole residual branches to drop (graph.depth).
     Returns the smaller model and its plan."""
     targets = [t for t in (ratio, flops, speedup) if t is not None]
     if len(targets) != 1:
@@ -187,6 +199,9 @@ def prune_channels(
     if scope == "latency" and ratio is not None:
         raise ValueError("scope 'latency' chooses each group's ratio itself: give flops= or "
                          "speedup= as the target, not ratio=")
+    if depth and scope != "latency":
+        raise ValueError("depth: true needs scope 'latency' (only the measured greedy weighs "
+                         "dropping a whole branch against thinning layers)")
     if flops is not None and not 0 < flops < 1:
         raise ValueError(f"flops is the fraction of FLOPs to remove, in (0, 1); got {flops}")
     if speedup is not None and speedup <= 1:
@@ -208,16 +223,22 @@ def prune_channels(
                                max_ratio=max_ratio, limits=limits)
         return shrink(copy.deepcopy(model), graph.kept_indices(removed), fixups=fixups), removed
 
+    dropped: list[ResidualBranch] = []
     if ratio is not None:
         small, removed = build(ratio)
     elif scope == "latency":
-        small, removed = allocate_by_latency(
+        small, removed, dropped = allocate_by_latency(
             model, graph, scores, timing_x, reached, target, what=what, round_to=round_to,
             caps=_caps(graph, max_ratio, limits), fixups=fixups,
+            branches=residual_branches(model) if depth else (), example=x,
+            counted=flops is not None,
         )
     else:
         small, removed = _search(build, reached, target, max_ratio, what)
     plan = _plan(model, small, graph, removed, x, base_flops)
+    plan.dropped = [{"module": b.module, "add": b.add, "children": list(b.children),
+                     "shape": list(getattr(small.get_submodule(b.module), f"const_{b.add}").shape)}
+                    for b in dropped]
     return small, plan
 
 
@@ -225,45 +246,70 @@ def allocate_by_latency(
     model: nn.Module, graph: DependencyGraph, scores: dict[int, float], x: Tensor,
     reached: Callable[[nn.Module], float], target: float, *, what: str, round_to: int,
     caps: list[float], fixups: dict[type[nn.Module], Fixup] | None = None, steps: int = 8,
-) -> tuple[nn.Module, list[int]]:
+    branches: Iterable[ResidualBranch] = (), example: Tensor | None = None,
+    counted: bool = False,
+) -> tuple[nn.Module, list[int], list[ResidualBranch]]:
     """NetAdapt-style greedy allocation: until `reached(model) >= target`, propose for every
-    group the removal of its next least important 1/`steps` of units, time all proposals side
-    by side on `x`, and take the one that saves the most measured time per unit of importance
-    lost. Per-group ratios thus follow the target machine: on small CNNs the wide, high-
-    resolution layers, whose memory traffic dominates, go first."""
+    group the removal of its next least important 1/`steps` of units (and, for every residual
+    branch in `branches`, dropping it with all the units of the groups inside it), time all
+    proposals side by side on `x`, and take the one that saves the most measured time per unit
+    of importance lost. Per-group ratios thus follow the target machine: on small CNNs the
+    wide, high-resolution layers, whose memory traffic dominates, go first. `example` (batch
+    1) computes the constants dropped branches leave behind. When `reached` is counted, not
+    timed (`counted`: a FLOPs target), the last move is the one that reaches the target and
+    saves time losing least importance, so a big move (a whole branch) does not overshoot it. Returns
+    the model, the removed units and the dropped branches."""
     order = [sorted(g.units, key=scores.__getitem__) for g in graph.groups]
     taken = [0] * len(order)
+    inner = {b: [i for i, g in enumerate(graph.groups) if all(b.owns(k[0]) for k in g.keys)]
+             for b in branches}
+    inner = {b: groups for b, groups in inner.items() if groups}  # nothing to weigh: not offered
+    dropped: list[ResidualBranch] = []
 
-    def build(counts: list[int]) -> tuple[nn.Module, list[int]]:
+    def build(counts: list[int], drop: list[ResidualBranch]) -> tuple[nn.Module, list[int]]:
         removed = [u for units, k in zip(order, counts, strict=True) for u in units[:k]]
-        return shrink(copy.deepcopy(model), graph.kept_indices(removed), fixups=fixups), removed
+        small = shrink(copy.deepcopy(model), graph.kept_indices(removed), fixups=fixups)
+        return drop_branches(small, drop, example), removed
 
-    current = build(taken)
+    def lost(i: int, k: int) -> float:
+        return sum(scores[u] for u in order[i][taken[i]:k])
+
+    current = build(taken, dropped)
     while reached(current[0]) < target:
-        proposals: dict[int, int] = {}
+        gone = {i for b in dropped for i in inner[b]}
+        proposals: dict[object, tuple[list[int], list[ResidualBranch], float]] = {}
         for i, g in enumerate(graph.groups):
             n, unit = len(g.units), _unit_step(g.unit_size, round_to)
             step = unit * math.ceil(max(1, math.ceil(n / steps)) / unit)
             kept = ((n - taken[i] - 1) // step) * step
-            if kept >= 1 and n - kept <= math.floor(caps[i] * n):
-                proposals[i] = n - kept
+            if i not in gone and kept >= 1 and n - kept <= math.floor(caps[i] * n):
+                counts = [n - kept if j == i else t for j, t in enumerate(taken)]
+                proposals[i] = (counts, dropped, lost(i, n - kept))
+        for b, groups in inner.items():
+            if b not in dropped:
+                proposals[b.name] = (taken, [*dropped, b],
+                                     sum(lost(i, len(order[i])) for i in groups))
         if not proposals:
             raise ValueError(f"{what} {target:g} is out of reach: every group is at its limit "
                              f"(reached {reached(current[0]):.3g}); raise max_ratio or lower the "
                              "target")
-        built = {i: build([k if j == i else t for j, t in enumerate(taken)])
-                 for i, k in proposals.items()}
+        built = {key: build(counts, drop) for key, (counts, drop, _) in proposals.items()}
         with torch.inference_mode():
-            fns = {str(i): (lambda m=m: m(x)) for i, (m, _) in built.items()}
+            fns = {str(key): (lambda m=m: m(x)) for key, (m, _) in built.items()}
             times = interleaved({"current": lambda m=current[0]: m(x), **fns},
                                 rounds=3, repeats=5)
         now = times["current"].median_s
-        value = {i: (now - times[str(i)].median_s)
-                 / (sum(scores[u] for u in order[i][taken[i]:k]) + 1e-9)
-                 for i, k in proposals.items()}
+        value = {key: (now - times[str(key)].median_s) / (proposals[key][2] + 1e-9)
+                 for key in proposals}
         best = max(value, key=value.__getitem__)
-        taken[best], current = proposals[best], built[best]
-    return current
+        if counted:  # of the moves that finish and save time, the one losing least importance
+            finishing = [key for key in proposals
+                         if value[key] > 0 and reached(built[key][0]) >= target]
+            if finishing:
+                best = min(finishing, key=lambda key: proposals[key][2])
+        taken, dropped = proposals[best][0], proposals[best][1]
+        current = built[best]
+    return current[0], current[1], dropped
 
 
 def _search(build: Callable[[float], tuple[nn.Module, list[int]]], reached: Callable[[nn.Module], float],

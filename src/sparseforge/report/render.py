@@ -149,6 +149,13 @@ def structure_blocks(plan: Mapping[str, Any]) -> list:
                  for e in plan["kept"] if e["tensor"].endswith("weight"))
     if rows:
         blocks.append(Table(("Tensor", "Before", "After"), rows))
+    dropped = plan.get("dropped_branches") or []
+    if dropped:
+        blocks.append(Paragraph("Whole residual branches removed (each leaves its input plus a "
+                                "trained per-channel constant):", lead="Dropped branches."))
+        blocks.append(Table(("Module", "Add", "Layers removed"),
+                            tuple((d["module"] or "(model)", d["add"], ", ".join(d["children"]))
+                                  for d in dropped), left=3))
     kept = plan.get("kept_dense") or []
     if kept:
         blocks.append(Paragraph("Left dense because the dependency graph could not prove their "
