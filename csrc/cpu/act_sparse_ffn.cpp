@@ -1,7 +1,8 @@
 // Activation-sparse FFN kernels, CPU, float32: skip the exact zeros that ReLU / FATReLU leave in
 // an FFN's intermediate activation (ProSparse: ~90% of them).
 //
-// sparse_input_linear: y = a @ W^T + b, a (B, K) mostly zeros, weight_t = W^T (K, N) row-major,
+// sparse_input_linear: y = act(a @ W^T + b + residual), a (B, K) mostly zeros, weight_t = W^T
+// (K, N) row-major,
 // so a zero a[:, k] skips row k of W^T entirely. The active rows are the union over the B
 // tokens, their values packed (nact, B). Output columns go in chunks of up to 4096; for its
 // chunk a thread accumulates into the (B, cw) output slice, streaming the active rows' slices
@@ -29,6 +30,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <string_view>
 #include <vector>
 
 
@@ -69,7 +71,15 @@ struct Down {
   const float* bias;  // (N,) or nullptr
   float* out;         // (B, N) row-major
   int64_t B, N;
+  // The epilogue: the residual (B, N) seeds the accumulators with the bias; relu is applied
+  // as a chunk is finished (while it is cache-resident), GELU after the kernel (`finish`).
+  const float* residual = nullptr;
+  sparseforge::Activation act = sparseforge::Activation::kNone;
 };
+
+inline void relu_inplace(float* o, int64_t n) {
+  for (int64_t c = 0; c < n; ++c) o[c] = o[c] > 0.0f ? o[c] : 0.0f;
+}
 
 // acc[0:cw] += sum_r a[r] * w[r][0:cw] for R rows at once: one load and store of acc per R
 // FMAs.
@@ -113,16 +123,21 @@ constexpr int64_t ROWS = 32;  // active rows per block: their slices stay cached
 constexpr int64_t CW_MAX = 4096;
 
 // Columns [n0, n0 + cw) of every token from active rows [j_lo, j_hi), into o (B, ldo), which
-// starts from `bias` (or zero). Blocks of ROWS active rows; within a block each token takes only
-// its own nonzero rows, PACK at a time, so a row is read from memory once (by the first token
-// that uses it) and no FMA multiplies a zero.
+// starts from the bias and residual (`first`: the part that owns the output) or zero. Blocks of
+// ROWS active rows; within a block each token takes only its own nonzero rows, PACK at a time,
+// so a row is read from memory once (by the first token that uses it) and no FMA multiplies a
+// zero. `last`: no other part adds to these outputs, so relu is applied here.
 void down_chunk(const Down& p, const Active& act, int64_t j_lo, int64_t j_hi, int64_t n0,
-                int64_t cw, float* out, int64_t ldo, const float* bias) {
+                int64_t cw, float* out, int64_t ldo, bool first, bool last) {
   const int64_t B = p.B, N = p.N;
   for (int64_t b = 0; b < B; ++b) {
     float* o = out + b * ldo + n0;
-    if (bias) std::copy(bias + n0, bias + n0 + cw, o);
+    if (first && p.bias) std::copy(p.bias + n0, p.bias + n0 + cw, o);
     else std::fill(o, o + cw, 0.0f);
+    if (first && p.residual) {
+      const float* res = p.residual + b * N + n0;
+      for (int64_t c = 0; c < cw; ++c) o[c] += res[c];
+    }
   }
   const float* w[ROWS];
   float a[ROWS];
@@ -137,6 +152,8 @@ void down_chunk(const Down& p, const Active& act, int64_t j_lo, int64_t j_hi, in
       for (int q = 0; q < n; q += PACK) axpy_n(o, cw, w + q, a + q, std::min(PACK, n - q));
     }
   }
+  if (last && p.act == sparseforge::Activation::kRelu)
+    for (int64_t b = 0; b < B; ++b) relu_inplace(out + b * ldo + n0, cw);
 }
 
 // out (B, N) = packed activation @ W^T + bias. Threads take (column chunk, row part) tasks:
@@ -159,13 +176,17 @@ void down(const Down& p, const Active& act) {
     const int64_t j_lo = std::min(nact, nblocks * r / nparts * ROWS);
     const int64_t j_hi = std::min(nact, nblocks * (r + 1) / nparts * ROWS);
     float* o = r == 0 ? p.out : partial.data() + (r - 1) * B * N;
-    down_chunk(p, act, j_lo, j_hi, c * cw, std::min(cw, N - c * cw), o, N,
-               r == 0 ? p.bias : nullptr);
+    down_chunk(p, act, j_lo, j_hi, c * cw, std::min(cw, N - c * cw), o, N, r == 0,
+               nparts == 1);
   }
   if (nparts > 1) {
+    const bool relu = p.act == sparseforge::Activation::kRelu;
 #pragma omp parallel for num_threads(threads)
-    for (int64_t q = 0; q < B * N; ++q)
-      for (int64_t r = 1; r < nparts; ++r) p.out[q] += partial[(r - 1) * B * N + q];
+    for (int64_t q = 0; q < B * N; ++q) {
+      float v = p.out[q];
+      for (int64_t r = 1; r < nparts; ++r) v += partial[(r - 1) * B * N + q];
+      p.out[q] = relu && v < 0.0f ? 0.0f : v;
+    }
   }
 }
 
@@ -182,7 +203,8 @@ void check_float_matrix(const at::Tensor& t, const char* name) {
 }
 
 at::Tensor sparse_input_linear(const at::Tensor& a, const at::Tensor& weight_t,
-                               const std::optional<at::Tensor>& bias) {
+                               const std::optional<at::Tensor>& bias, std::string_view activation,
+                               const std::optional<at::Tensor>& residual) {
   TORCH_CHECK(a.dim() >= 1 && a.scalar_type() == at::kFloat,
               "a must be float32 (..., K), got ", a.scalar_type(), " of shape ", a.sizes());
   check_float_matrix(weight_t, "weight_t (K, N)");
@@ -192,11 +214,14 @@ at::Tensor sparse_input_linear(const at::Tensor& a, const at::Tensor& weight_t,
   const at::Tensor a2 = a.reshape({rows_of(a), K}).contiguous();  // (B, K)
   const at::Tensor wt = weight_t.contiguous();
   const at::Tensor b = sparseforge::checked_bias(bias, N);
+  const at::Tensor res = sparseforge::checked_residual(residual, a, N);
+  const sparseforge::Activation fn = sparseforge::parse_activation(activation);
   at::Tensor out = at::empty({a2.size(0), N}, a.options());
   if (a2.size(0) > 0 && N > 0) {
     const Active act = active_rows(a2.data_ptr<float>(), a2.size(0), K);
     down(Down{wt.data_ptr<float>(), sparseforge::data_or_null(b), out.data_ptr<float>(),
-              a2.size(0), N}, act);
+              a2.size(0), N, sparseforge::data_or_null(res), fn}, act);
+    sparseforge::finish(out, fn);
   }
   return sparseforge::output_like(out, a, N);
 }
@@ -260,7 +285,9 @@ at::Tensor relu_gated_ffn(const at::Tensor& x, const at::Tensor& w_gate, const a
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(sparseforge, m) {
-  m.def("_sparse_input_linear_" SF_STR(SF_ISA) "(Tensor a, Tensor weight_t, Tensor? bias) -> Tensor");
+  m.def("_sparse_input_linear_" SF_STR(SF_ISA)
+        "(Tensor a, Tensor weight_t, Tensor? bias, str activation=\"none\", Tensor? residual=None) "
+        "-> Tensor");
   m.def("_relu_gated_ffn_" SF_STR(SF_ISA)
         "(Tensor x, Tensor w_gate, Tensor w_up, Tensor w_down_t, float threshold) -> Tensor");
 }

@@ -218,3 +218,24 @@ def test_winograd_conv_takes_a_relu_but_not_a_residual():
     relu_flags = [n.args[8] if len(n.args) > 8 else n.kwargs["relu"]
                   for n in fusion.module.graph_module.graph.nodes if "winograd" in str(n.target)]
     assert relu_flags == [True, False]
+
+
+def test_sparse_input_linear_takes_the_residual_of_a_prosparse_ffn():
+    from sparseforge.kernels import SparseInputLinear
+
+    torch.manual_seed(9)
+    fc1, fc2 = nn.Linear(24, 96), nn.Linear(96, 24)
+
+    class FFN(nn.Module):  # x + fc2(relu(fc1(x))), fc2 skipping the relu's zeros
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1, self.fc2 = fc1, SparseInputLinear.from_linear(fc2)
+
+        def forward(self, x):
+            return torch.relu(x + self.fc2(torch.relu(self.fc1(x))))
+
+    fusion = check_equal(FFN(), torch.randn(2, 5, 24), compile=False)
+    assert [lo.epilogue for lo in fusion.report.lowered] == [["add", "relu"]]
+    ops = _ops(fusion.module.graph_module)
+    assert f"sparseforge._sparse_input_linear_{extension.best_isa()}.default" in ops
+    assert not any("aten.add" in o for o in ops)

@@ -75,6 +75,24 @@ def test_sparse_input_linear_chunks_and_row_split(isa, batch, n, k, s):
                      sparse_input_linear_reference(a, wt, b))
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("activation", ops.ACTIVATIONS)
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("batch,n,k,s", [
+    (1, 70, 90, 0.9), (7, 33, 50, 0.0), (16, 300, 1100, 0.5),  # the last splits active rows
+    (3, 5000, 300, 0.9),  # two column chunks
+])
+def test_sparse_input_linear_epilogue_equals_linear_then_ops(isa, activation, residual, batch, n, k, s):
+    a, wt, b = sparse_act(batch, k, s, n), torch.randn(k, n), torch.randn(n)
+    res = torch.randn(batch, n) if residual else None
+    y = extension.kernel("sparse_input_linear", isa, file=ops.ACT_SPARSE_FILE)(a, wt, b, activation, res)
+    ref = F.linear(a, wt.t(), b) + (res if residual else 0)
+    ref = {"none": ref, "relu": torch.relu(ref), "gelu": F.gelu(ref),
+           "gelu_tanh": F.gelu(ref, approximate="tanh")}[activation]
+    assert_close_rel(y, ref)
+    assert_close_rel(ops.sparse_input_linear_reference(a, wt, b, activation, res), ref)
+
+
 def test_sparse_input_linear_keeps_leading_dims_and_signed_inputs():
     a = torch.randn(2, 5, 40) * (torch.rand(2, 5, 40) > 0.7)  # negative values, -0.0 too
     a[0, 0, :5] = -0.0
@@ -113,6 +131,11 @@ def test_reference_twins_equal_dense_modules_exactly():
      "a must be float32.*Double"),
     (lambda: ops.sparse_input_linear(torch.randn(2, 12), torch.randn(12, 5), torch.randn(4)),
      r"bias must be \(N,\)"),
+    (lambda: ops.sparse_input_linear(torch.randn(2, 12), torch.randn(12, 5), None, "swish"),
+     "activation must be .none., .relu., .gelu. .erf. or .gelu_tanh., got .swish."),
+    (lambda: ops.sparse_input_linear(torch.randn(2, 12), torch.randn(12, 5), None, "none",
+                                     torch.randn(2, 4)),
+     "residual must be float32 shaped like the output"),
     (lambda: ops.relu_gated_ffn(torch.randn(2, 8), *gated_weights(9, 16, 8, 0), 0.0),
      "w_gate and w_up must both be .I, H. with H = x.shape.-1. = 8"),
     (lambda: ops.relu_gated_ffn(torch.randn(2, 8), torch.randn(16, 8), torch.randn(16, 8),
@@ -155,9 +178,11 @@ def test_relu_gated_ffn_nan_gate_is_dropped_like_the_reference():
     assert_close_rel(ops.relu_gated_ffn(x, wg, wu, wd, 0.0), ref, tol=1e-4)
 
 
-@pytest.mark.parametrize("bias", [True, False])
-def test_opcheck_sparse_input_linear(bias):
+@pytest.mark.parametrize("bias,epilogue", [(True, False), (False, False), (True, True)])
+def test_opcheck_sparse_input_linear(bias, epilogue):
     args = (sparse_act(5, 50, 0.8, 1), torch.randn(50, 37), torch.randn(37) if bias else None)
+    if epilogue:
+        args = (*args, "relu", torch.randn(5, 37))
     torch.library.opcheck(torch.ops.sparseforge.sparse_input_linear.default, args)
 
 
@@ -252,6 +277,10 @@ TRITON_CHECK = textwrap.dedent("""
             assert y.dtype == dtype and y.shape == (b, n)
             ref = ops.sparse_input_linear_reference(*(t.to(dtype).float() for t in (a, wt, bias)))
             check(y, ref, tol)
+        res = torch.randn(b, n).to(dtype)  # the op's CUDA impl: Triton, then the epilogue
+        y = ops._sparse_input_linear_cuda(a.to(dtype), wt.to(dtype), bias.to(dtype), "relu", res)
+        check(y, ops.sparse_input_linear_reference(*(t.to(dtype).float() for t in (a, wt, bias)),
+                                                   "relu", res.float()), tol)
         for b, h, i, n, thr in ((1, 32, 70, 40, 0.0), (6, 50, 100, 33, 0.5), (16, 16, 16, 16, 0.0)):
             args = [torch.randn(b, h), torch.randn(i, h), torch.randn(i, h), torch.randn(i, n)]
             y = tas.relu_gated_ffn(*(t.to(dtype) for t in args), thr)

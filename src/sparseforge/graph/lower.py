@@ -28,7 +28,7 @@ aten = torch.ops.aten
 # our ops whose C++ kernel applies the epilogue (activation, residual arguments)
 EPILOGUE_KERNELS = frozenset({"sparseforge::bsr_linear", "sparseforge::bcr_linear",
                               "sparseforge::csr_linear", "sparseforge::nm_linear",
-                              "sparseforge::sparse_conv2d"})
+                              "sparseforge::sparse_conv2d", "sparseforge::sparse_input_linear"})
 # our ops whose kernel fuses only a ReLU (a `relu` flag, applied in the output transform)
 RELU_KERNELS = frozenset({"sparseforge::winograd_int8_conv2d"})
 
@@ -164,7 +164,7 @@ def bind_kernels(gm: fx.GraphModule) -> dict[str, str]:
         short = name.partition("::")[2]
         if not (isinstance(val, torch.Tensor) and val.device.type == "cpu" and val.dtype == torch.float32):
             continue
-        if not extension.kernel_available(short):
+        if not extension.kernel_available(short, file=ops.KERNEL_FILES.get(short)):
             continue
         node.kwargs = _every_kwarg(node)
         node.target = ops.bound_kernel(short)

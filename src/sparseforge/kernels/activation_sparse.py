@@ -56,12 +56,11 @@ class SparseInputLinear(nn.Module):
             return cls(linear.weight.detach().t().contiguous(), linear.bias)
 
     def forward(self, a: Tensor) -> Tensor:  # (..., in) -> (..., out)
-        a2 = a.reshape(-1, self.in_features)  # (B, K)
-        if _use_op(a2, "sparse_input_linear"):
-            y = ops.sparse_input_linear(a2, self.weight_t, self.bias)
-        else:
-            y = ops.sparse_input_linear_reference(a2, self.weight_t, self.bias)
-        return y.reshape(*a.shape[:-1], self.out_features)  # (..., N)
+        # the op takes (..., K) itself: no reshape around it, so a residual add that follows
+        # is its direct user, for the fusion planner to fold into the kernel
+        if _use_op(a.reshape(-1, self.in_features), "sparse_input_linear"):
+            return ops.sparse_input_linear(a, self.weight_t, self.bias)
+        return ops.sparse_input_linear_reference(a, self.weight_t, self.bias)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

@@ -227,11 +227,11 @@ def bound_kernel(name: str) -> torch._ops.OpOverload:
     best ISA, built now), with `name`'s fake impl, so a graph can call the kernel itself instead
     of going through `name`'s Python CPU impl (graph/lower.py binds the calls it lowers to it).
     Same schema (no defaults: pass every argument) and results; `name` is one of the sparse
-    linears or `sparse_conv2d`."""
+    linears, `sparse_conv2d` or `sparse_input_linear`."""
     fakes = _BOUND_FAKES
     if name not in fakes:
         raise ValueError(f"no bound kernel for {name!r}; choose from {sorted(fakes)}")
-    op = extension.kernel(name)
+    op = extension.kernel(name, file=KERNEL_FILES.get(name))
     if op._qualified_op_name not in _BOUND:
         torch.library.register_fake(op._qualified_op_name, fakes[name], lib=lib)
         _BOUND.add(op._qualified_op_name)
@@ -243,6 +243,7 @@ _BOUND: set[str] = set()  # C++ ops given a fake impl in this process
 # conv_ops.py add themselves)
 _BOUND_FAKES: dict = {"bsr_linear": _bsr_linear_fake, "bcr_linear": _bcr_linear_fake,
                       "csr_linear": _csr_linear_fake}
+KERNEL_FILES: dict[str, str] = {}  # kernel -> its csrc/cpu file where the names differ
 
 
 # --- Activation sparsity (ProSparse-style ReLU / FATReLU FFNs) -------------------------------
@@ -251,7 +252,8 @@ _BOUND_FAKES: dict = {"bsr_linear": _bsr_linear_fake, "bcr_linear": _bcr_linear_
 # from csrc/cpu/act_sparse_ffn.cpp and run on CUDA through Triton (triton_act_sparse.py).
 
 ACT_SPARSE_FILE = "act_sparse_ffn"  # csrc/cpu/act_sparse_ffn.cpp defines both ops
-lib.define("sparse_input_linear(Tensor a, Tensor weight_t, Tensor? bias) -> Tensor")
+KERNEL_FILES["sparse_input_linear"] = ACT_SPARSE_FILE
+lib.define(f"sparse_input_linear(Tensor a, Tensor weight_t, Tensor? bias, {_EPILOGUE_SCHEMA}) -> Tensor")
 lib.define(
     "relu_gated_ffn(Tensor x, Tensor w_gate, Tensor w_up, Tensor w_down_t, float threshold) "
     "-> Tensor"
@@ -263,9 +265,11 @@ def fatrelu(v: Tensor, threshold: float) -> Tensor:
     return torch.where(v >= threshold, v, torch.zeros_like(v))
 
 
-def sparse_input_linear_reference(a: Tensor, weight_t: Tensor, bias: Tensor | None) -> Tensor:
-    """y = a @ W^T + b for a (..., K) and weight_t = W^T (K, N): F.linear, zeros and all."""
-    return F.linear(a, weight_t.t(), bias)  # (..., N)
+def sparse_input_linear_reference(a: Tensor, weight_t: Tensor, bias: Tensor | None,
+                                  activation: str = "none", residual: Tensor | None = None) -> Tensor:
+    """y = act(a @ W^T + b + residual) for a (..., K) and weight_t = W^T (K, N) (see
+    `epilogue_reference`): F.linear, zeros and all."""
+    return epilogue_reference(F.linear(a, weight_t.t(), bias), activation, residual)  # (..., N)
 
 
 def relu_gated_ffn_reference(
@@ -278,9 +282,11 @@ def relu_gated_ffn_reference(
 
 
 @torch.library.register_fake("sparseforge::sparse_input_linear", lib=lib)
-def _sparse_input_linear_fake(a: Tensor, weight_t: Tensor, bias: Tensor | None) -> Tensor:
+def _sparse_input_linear_fake(a: Tensor, weight_t: Tensor, bias: Tensor | None,
+                              activation: str = "none", residual: Tensor | None = None) -> Tensor:
     torch._check(weight_t.dim() == 2, lambda: "weight_t must be W^T, (K, N)")
     torch._check(a.shape[-1] == weight_t.shape[0], lambda: "a (..., K) needs weight_t (K, N)")
+    _check_epilogue((*a.shape[:-1], weight_t.shape[1]), activation, residual)
     return a.new_empty((*a.shape[:-1], weight_t.shape[1]))  # (..., N)
 
 
@@ -294,8 +300,10 @@ def _relu_gated_ffn_fake(
     return x.new_empty((*x.shape[:-1], w_down_t.shape[1]))  # (..., N)
 
 
-def _sparse_input_linear_cpu(a: Tensor, weight_t: Tensor, bias: Tensor | None) -> Tensor:
-    return extension.kernel("sparse_input_linear", file=ACT_SPARSE_FILE)(a, weight_t, bias)
+def _sparse_input_linear_cpu(a: Tensor, weight_t: Tensor, bias: Tensor | None,
+                             activation: str = "none", residual: Tensor | None = None) -> Tensor:
+    return extension.kernel("sparse_input_linear", file=ACT_SPARSE_FILE)(
+        a, weight_t, bias, activation, residual)
 
 
 def _relu_gated_ffn_cpu(
@@ -313,8 +321,11 @@ def _triton_kernels(op: str) -> ModuleType:
     return triton_act_sparse
 
 
-def _sparse_input_linear_cuda(a: Tensor, weight_t: Tensor, bias: Tensor | None) -> Tensor:
-    return _triton_kernels("sparse_input_linear").sparse_input_linear(a, weight_t, bias)
+def _sparse_input_linear_cuda(a: Tensor, weight_t: Tensor, bias: Tensor | None,
+                              activation: str = "none", residual: Tensor | None = None) -> Tensor:
+    # the Triton kernel splits K across programs (atomic adds), so the epilogue runs after it
+    y = _triton_kernels("sparse_input_linear").sparse_input_linear(a, weight_t, bias)
+    return epilogue_reference(y, activation, residual)
 
 
 def _relu_gated_ffn_cuda(
@@ -329,10 +340,14 @@ lib.impl("sparse_input_linear", _sparse_input_linear_cuda, "CUDA")
 lib.impl("relu_gated_ffn", _relu_gated_ffn_cuda, "CUDA")
 
 
-def sparse_input_linear(a: Tensor, weight_t: Tensor, bias: Tensor | None) -> Tensor:
+def sparse_input_linear(a: Tensor, weight_t: Tensor, bias: Tensor | None, activation: str = "none",
+                        residual: Tensor | None = None) -> Tensor:
     """`torch.ops.sparseforge.sparse_input_linear`: `sparse_input_linear_reference` skipping
-    the zeros of `a` (C++ on CPU float32, Triton on CUDA)."""
-    return torch.ops.sparseforge.sparse_input_linear(a, weight_t, bias)
+    the zeros of `a` (C++ on CPU float32 with the epilogue in the kernel, Triton on CUDA)."""
+    return torch.ops.sparseforge.sparse_input_linear(a, weight_t, bias, activation, residual)
+
+
+_BOUND_FAKES["sparse_input_linear"] = _sparse_input_linear_fake
 
 
 def relu_gated_ffn(
