@@ -1,8 +1,8 @@
 // Activation-sparse FFN kernels, CPU, float32: skip the exact zeros that ReLU / FATReLU leave in
 // an FFN's intermediate activation (ProSparse: ~90% of them).
 //
-// sparse_input_linear: y = act(a @ W^T + b + residual), a (B, K) mostly zeros, weight_t = W^T
-// (K, N) row-major,
+// sparse_input_linear: y = act(a @ W^T + b + residual), a (B, K) mostly zeros (or FATReLU(a),
+// given input_threshold), weight_t = W^T (K, N) row-major,
 // so a zero a[:, k] skips row k of W^T entirely. The active rows are the union over the B
 // tokens, their values packed (nact, B). Output columns go in chunks of up to 4096; for its
 // chunk a thread accumulates into the (B, cw) output slice, streaming the active rows' slices
@@ -30,6 +30,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <optional>
 #include <string_view>
 #include <vector>
 
@@ -47,22 +48,27 @@ struct Active {
   std::vector<float> vals;
 };
 
-Active active_rows(const float* a, int64_t B, int64_t K) {
+// With `threshold`, FATReLU(a) (v if v >= threshold, else 0; NaN gives 0) is what is packed:
+// the activation's prologue, applied as the rows are scanned, never written back.
+Active active_rows(const float* a, int64_t B, int64_t K, std::optional<float> threshold = {}) {
+  const bool fat = threshold.has_value();
+  const float thr = threshold.value_or(0.0f);
+  auto value = [fat, thr](float v) { return !fat || v >= thr ? v : 0.0f; };
   Active act;
   if (B == 1) {
     for (int64_t k = 0; k < K; ++k)
-      if (a[k] != 0.0f) act.idx.push_back(k), act.vals.push_back(a[k]);
+      if (const float v = value(a[k]); v != 0.0f) act.idx.push_back(k), act.vals.push_back(v);
     return act;
   }
   std::vector<uint8_t> used(K, 0);
   for (int64_t b = 0; b < B; ++b)
-    for (int64_t k = 0; k < K; ++k) used[k] |= a[b * K + k] != 0.0f;
+    for (int64_t k = 0; k < K; ++k) used[k] |= value(a[b * K + k]) != 0.0f;
   for (int64_t k = 0; k < K; ++k)
     if (used[k]) act.idx.push_back(k);
   const int64_t nact = static_cast<int64_t>(act.idx.size());
   act.vals.resize(nact * B);
   for (int64_t j = 0; j < nact; ++j)
-    for (int64_t b = 0; b < B; ++b) act.vals[j * B + b] = a[b * K + act.idx[j]];
+    for (int64_t b = 0; b < B; ++b) act.vals[j * B + b] = value(a[b * K + act.idx[j]]);
   return act;
 }
 
@@ -204,7 +210,8 @@ void check_float_matrix(const at::Tensor& t, const char* name) {
 
 at::Tensor sparse_input_linear(const at::Tensor& a, const at::Tensor& weight_t,
                                const std::optional<at::Tensor>& bias, std::string_view activation,
-                               const std::optional<at::Tensor>& residual) {
+                               const std::optional<at::Tensor>& residual,
+                               std::optional<double> input_threshold) {
   TORCH_CHECK(a.dim() >= 1 && a.scalar_type() == at::kFloat,
               "a must be float32 (..., K), got ", a.scalar_type(), " of shape ", a.sizes());
   check_float_matrix(weight_t, "weight_t (K, N)");
@@ -218,7 +225,9 @@ at::Tensor sparse_input_linear(const at::Tensor& a, const at::Tensor& weight_t,
   const sparseforge::Activation fn = sparseforge::parse_activation(activation);
   at::Tensor out = at::empty({a2.size(0), N}, a.options());
   if (a2.size(0) > 0 && N > 0) {
-    const Active act = active_rows(a2.data_ptr<float>(), a2.size(0), K);
+    std::optional<float> thr;
+    if (input_threshold) thr = static_cast<float>(*input_threshold);
+    const Active act = active_rows(a2.data_ptr<float>(), a2.size(0), K, thr);
     down(Down{wt.data_ptr<float>(), sparseforge::data_or_null(b), out.data_ptr<float>(),
               a2.size(0), N, sparseforge::data_or_null(res), fn}, act);
     sparseforge::finish(out, fn);
@@ -286,8 +295,8 @@ at::Tensor relu_gated_ffn(const at::Tensor& x, const at::Tensor& w_gate, const a
 
 TORCH_LIBRARY_FRAGMENT(sparseforge, m) {
   m.def("_sparse_input_linear_" SF_STR(SF_ISA)
-        "(Tensor a, Tensor weight_t, Tensor? bias, str activation=\"none\", Tensor? residual=None) "
-        "-> Tensor");
+        "(Tensor a, Tensor weight_t, Tensor? bias, str activation=\"none\", Tensor? residual=None, "
+        "float? input_threshold=None) -> Tensor");
   m.def("_relu_gated_ffn_" SF_STR(SF_ISA)
         "(Tensor x, Tensor w_gate, Tensor w_up, Tensor w_down_t, float threshold) -> Tensor");
 }

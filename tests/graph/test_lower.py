@@ -220,22 +220,27 @@ def test_winograd_conv_takes_a_relu_but_not_a_residual():
     assert relu_flags == [True, False]
 
 
-def test_sparse_input_linear_takes_the_residual_of_a_prosparse_ffn():
+def test_sparse_input_linear_takes_the_fatrelu_and_residual_of_a_prosparse_ffn():
+    from sparseforge.activation import FATReLU
     from sparseforge.kernels import SparseInputLinear
 
     torch.manual_seed(9)
     fc1, fc2 = nn.Linear(24, 96), nn.Linear(96, 24)
 
-    class FFN(nn.Module):  # x + fc2(relu(fc1(x))), fc2 skipping the relu's zeros
+    class FFN(nn.Module):  # relu(x + fc2(FATReLU(fc1(x)))), fc2 skipping the FATReLU's zeros
         def __init__(self) -> None:
             super().__init__()
-            self.fc1, self.fc2 = fc1, SparseInputLinear.from_linear(fc2)
+            self.fc1, self.act, self.fc2 = fc1, FATReLU(0.3), SparseInputLinear.from_linear(fc2)
 
         def forward(self, x):
-            return torch.relu(x + self.fc2(torch.relu(self.fc1(x))))
+            return torch.relu(x + self.fc2(self.act(self.fc1(x))))
 
     fusion = check_equal(FFN(), torch.randn(2, 5, 24), compile=False)
-    assert [lo.epilogue for lo in fusion.report.lowered] == [["add", "relu"]]
+    [lowered] = fusion.report.lowered
+    assert lowered.epilogue == ["add", "relu"]
+    assert lowered.prologue == ["ge", "zeros_like", "where"]
     ops = _ops(fusion.module.graph_module)
-    assert f"sparseforge._sparse_input_linear_{extension.best_isa()}.default" in ops
-    assert not any("aten.add" in o for o in ops)
+    assert ops == ["aten.linear.default",
+                   f"sparseforge._sparse_input_linear_{extension.best_isa()}.default"]
+    call = next(n for n in fusion.module.graph_module.graph.nodes if "sparse_input" in str(n.target))
+    assert call.kwargs["input_threshold"] == pytest.approx(0.3)

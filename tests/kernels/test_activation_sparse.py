@@ -93,6 +93,21 @@ def test_sparse_input_linear_epilogue_equals_linear_then_ops(isa, activation, re
     assert_close_rel(ops.sparse_input_linear_reference(a, wt, b, activation, res), ref)
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("threshold", [0.0, 1.3, -0.4])
+@pytest.mark.parametrize("batch,n,k", [(1, 70, 90), (9, 40, 300), (16, 300, 1100)])
+def test_sparse_input_linear_prologue_equals_fatrelu_then_linear(isa, threshold, batch, n, k):
+    a = torch.randn(batch, k, generator=torch.Generator().manual_seed(k))
+    a[0, :3] = float("nan")  # FATReLU drops NaN (v >= t is false), as ops.fatrelu does
+    wt, b, res = torch.randn(k, n), torch.randn(n), torch.randn(batch, n)
+    y = extension.kernel("sparse_input_linear", isa, file=ops.ACT_SPARSE_FILE)(
+        a, wt, b, "relu", res, threshold)
+    ref = torch.relu(F.linear(ops.fatrelu(a, threshold), wt.t(), b) + res)
+    assert torch.isfinite(ref).all()
+    assert_close_rel(y, ref)
+    assert_close_rel(ops.sparse_input_linear_reference(a, wt, b, "relu", res, threshold), ref)
+
+
 def test_sparse_input_linear_keeps_leading_dims_and_signed_inputs():
     a = torch.randn(2, 5, 40) * (torch.rand(2, 5, 40) > 0.7)  # negative values, -0.0 too
     a[0, 0, :5] = -0.0
@@ -182,7 +197,7 @@ def test_relu_gated_ffn_nan_gate_is_dropped_like_the_reference():
 def test_opcheck_sparse_input_linear(bias, epilogue):
     args = (sparse_act(5, 50, 0.8, 1), torch.randn(50, 37), torch.randn(37) if bias else None)
     if epilogue:
-        args = (*args, "relu", torch.randn(5, 37))
+        args = (*args, "relu", torch.randn(5, 37), 0.3)
     torch.library.opcheck(torch.ops.sparseforge.sparse_input_linear.default, args)
 
 
@@ -278,9 +293,9 @@ TRITON_CHECK = textwrap.dedent("""
             ref = ops.sparse_input_linear_reference(*(t.to(dtype).float() for t in (a, wt, bias)))
             check(y, ref, tol)
         res = torch.randn(b, n).to(dtype)  # the op's CUDA impl: Triton, then the epilogue
-        y = ops._sparse_input_linear_cuda(a.to(dtype), wt.to(dtype), bias.to(dtype), "relu", res)
+        y = ops._sparse_input_linear_cuda(a.to(dtype), wt.to(dtype), bias.to(dtype), "relu", res, 0.2)
         check(y, ops.sparse_input_linear_reference(*(t.to(dtype).float() for t in (a, wt, bias)),
-                                                   "relu", res.float()), tol)
+                                                   "relu", res.float(), 0.2), tol)
         for b, h, i, n, thr in ((1, 32, 70, 40, 0.0), (6, 50, 100, 33, 0.5), (16, 16, 16, 16, 0.0)):
             args = [torch.randn(b, h), torch.randn(i, h), torch.randn(i, h), torch.randn(i, n)]
             y = tas.relu_gated_ffn(*(t.to(dtype) for t in args), thr)

@@ -31,6 +31,8 @@ EPILOGUE_KERNELS = frozenset({"sparseforge::bsr_linear", "sparseforge::bcr_linea
                               "sparseforge::sparse_conv2d", "sparseforge::sparse_input_linear"})
 # our ops whose kernel fuses only a ReLU (a `relu` flag, applied in the output transform)
 RELU_KERNELS = frozenset({"sparseforge::winograd_int8_conv2d"})
+# our ops that take a FATReLU of their input as a prologue (`input_threshold`)
+PROLOGUE_KERNELS = frozenset({"sparseforge::sparse_input_linear"})
 
 
 def _activation(node: Node) -> str | None:
@@ -64,7 +66,24 @@ def _has_epilogue(node: Node) -> bool:
     names = (a.name for a in node.target._schema.arguments)
     bound = dict(zip(names, node.args, strict=False)) | dict(node.kwargs)
     return (bound.get("activation", "none") != "none" or bound.get("residual") is not None
-            or bool(bound.get("relu", False)))
+            or bool(bound.get("relu", False)) or bound.get("input_threshold") is not None)
+
+
+def _fatrelu_input(seed: Node, members: set[str]) -> tuple[Node, float, list[Node]] | None:
+    """(v, t, nodes) when the seed's input is FATReLU(v, t) as export writes it,
+    where(ge(v, t), v, zeros_like(v)), every node of it inside the block and used only there."""
+    where = seed.args[0]
+    if not (isinstance(where, Node) and where.target is aten.where.self and len(where.args) == 3):
+        return None
+    cond, v, zero = where.args
+    if not (isinstance(cond, Node) and cond.target is aten.ge.Scalar and cond.args[0] is v
+            and isinstance(cond.args[1], (int, float)) and isinstance(zero, Node)
+            and zero.target is aten.zeros_like.default and zero.args[0] is v):
+        return None
+    nodes = [cond, zero, where]
+    if any(n.name not in members or _only_user(n, members | {seed.name}) is None for n in nodes):
+        return None
+    return v, float(cond.args[1]), nodes
 
 
 def _every_kwarg(node: Node) -> dict[str, Any]:
@@ -98,12 +117,14 @@ class Lowered:
     epilogue: list[str]  # e.g. ['add', 'relu']
     nodes: list[str]  # the graph nodes it replaced (seed first)
     left_to_inductor: list[str]  # ops of the block the kernel cannot take
+    prologue: list[str] = field(default_factory=list)  # e.g. ['ge', 'zeros_like', 'where']
 
 
 def lower_epilogues(gm: fx.GraphModule, plan: FusionPlan) -> list[Lowered]:
     """Rewrite `gm` in place: in each block seeded by an EPILOGUE_KERNELS op, the seed's single
     user chain [add(same-shaped tensor)] -> [relu | gelu] becomes the op's residual and
-    activation arguments; a RELU_KERNELS seed takes a following relu as its `relu` flag.
+    activation arguments; a RELU_KERNELS seed takes a following relu as its `relu` flag; a
+    PROLOGUE_KERNELS seed takes the FATReLU that computes its input as `input_threshold`.
     Returns what was lowered, block by block."""
     nodes = {n.name: n for n in gm.graph.nodes}
     done = []
@@ -128,10 +149,15 @@ def lower_epilogues(gm: fx.GraphModule, plan: FusionPlan) -> list[Lowered]:
             activation = act
             absorbed.append(user)
             epilogue.append(op_name(user.target))
-        last = absorbed[-1]
-        if last is not seed:
+        changes = {}
+        if len(absorbed) > 1:
             changes = ({"activation": activation, "residual": residual} if kind in EPILOGUE_KERNELS
                        else {"relu": True})
+        fat = _fatrelu_input(seed, members) if kind in PROLOGUE_KERNELS else None
+        if fat is not None:
+            changes |= {"a": fat[0], "input_threshold": fat[1]}
+        last = absorbed[-1]
+        if changes:
             with gm.graph.inserting_before(last):
                 fused = gm.graph.call_function(seed.target, *_with_args(seed, **changes))
             fused.meta = dict(last.meta)
@@ -140,9 +166,13 @@ def lower_epilogues(gm: fx.GraphModule, plan: FusionPlan) -> list[Lowered]:
                 for check in _checks(n):  # asserts on an intermediate that no longer exists
                     gm.graph.erase_node(check)
                 gm.graph.erase_node(n)
-        taken = {n.name for n in absorbed}
+        prologue = fat[2] if fat is not None else []
+        for n in reversed(prologue):  # users first: where, then its inputs
+            gm.graph.erase_node(n)
+        taken = {n.name for n in [*prologue, *absorbed]}
         rest = [op for name, op in zip(block.nodes, block.ops, strict=True) if name not in taken and op != "getitem"]
-        done.append(Lowered(block.id, op_name(seed.target), epilogue, sorted(taken, key=block.nodes.index), rest))
+        done.append(Lowered(block.id, op_name(seed.target), epilogue, sorted(taken, key=block.nodes.index), rest,
+                            [op_name(n.target) for n in prologue]))
     gm.graph.lint()
     gm.recompile()
     return done
@@ -183,15 +213,16 @@ class LoweringReport:
     bound: dict[str, str] = field(default_factory=dict)  # node -> C++ kernel it calls
 
     def summary(self) -> str:
-        folded = [lo for lo in self.lowered if lo.epilogue]
+        folded = [lo for lo in self.lowered if lo.epilogue or lo.prologue]
         kernels = sorted(set(self.bound.values()))
-        lines = [f"{len(folded)} epilogues folded into our kernels, {len(self.to_inductor)} blocks to "
+        lines = [f"{len(folded)} prologues/epilogues folded into our kernels, {len(self.to_inductor)} blocks to "
                  f"TorchInductor ({self.compile or 'not compiled'}); calls bound to "
                  f"{', '.join(kernels) or 'no C++ kernel'}"]
         for lo in self.lowered:
             epi = " + ".join(lo.epilogue) if lo.epilogue else "none"
             rest = f"; to inductor: {', '.join(lo.left_to_inductor)}" if lo.left_to_inductor else ""
-            lines.append(f"  [{lo.block}] {lo.kernel} epilogue: {epi}{rest}")
+            pro = f"prologue: {' -> '.join(lo.prologue)}; " if lo.prologue else ""
+            lines.append(f"  [{lo.block}] {lo.kernel} {pro}epilogue: {epi}{rest}")
         for b in self.to_inductor:
             lines.append(f"  [{b['block']}] inductor: {' -> '.join(b['ops'])} ({b['why']})")
         return "\n".join(lines)

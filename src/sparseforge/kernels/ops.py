@@ -253,7 +253,9 @@ KERNEL_FILES: dict[str, str] = {}  # kernel -> its csrc/cpu file where the names
 
 ACT_SPARSE_FILE = "act_sparse_ffn"  # csrc/cpu/act_sparse_ffn.cpp defines both ops
 KERNEL_FILES["sparse_input_linear"] = ACT_SPARSE_FILE
-lib.define(f"sparse_input_linear(Tensor a, Tensor weight_t, Tensor? bias, {_EPILOGUE_SCHEMA}) -> Tensor")
+# input_threshold: the prologue FATReLU(a, threshold), applied as the kernel scans a for zeros
+lib.define(f"sparse_input_linear(Tensor a, Tensor weight_t, Tensor? bias, {_EPILOGUE_SCHEMA}, "
+           "float? input_threshold=None) -> Tensor")
 lib.define(
     "relu_gated_ffn(Tensor x, Tensor w_gate, Tensor w_up, Tensor w_down_t, float threshold) "
     "-> Tensor"
@@ -266,9 +268,12 @@ def fatrelu(v: Tensor, threshold: float) -> Tensor:
 
 
 def sparse_input_linear_reference(a: Tensor, weight_t: Tensor, bias: Tensor | None,
-                                  activation: str = "none", residual: Tensor | None = None) -> Tensor:
-    """y = act(a @ W^T + b + residual) for a (..., K) and weight_t = W^T (K, N) (see
-    `epilogue_reference`): F.linear, zeros and all."""
+                                  activation: str = "none", residual: Tensor | None = None,
+                                  input_threshold: float | None = None) -> Tensor:
+    """y = act(a' @ W^T + b + residual) for a (..., K), a' = a or FATReLU(a, input_threshold),
+    and weight_t = W^T (K, N) (see `epilogue_reference`): F.linear, zeros and all."""
+    if input_threshold is not None:
+        a = fatrelu(a, input_threshold)
     return epilogue_reference(F.linear(a, weight_t.t(), bias), activation, residual)  # (..., N)
 
 
@@ -283,7 +288,8 @@ def relu_gated_ffn_reference(
 
 @torch.library.register_fake("sparseforge::sparse_input_linear", lib=lib)
 def _sparse_input_linear_fake(a: Tensor, weight_t: Tensor, bias: Tensor | None,
-                              activation: str = "none", residual: Tensor | None = None) -> Tensor:
+                              activation: str = "none", residual: Tensor | None = None,
+                              input_threshold: float | None = None) -> Tensor:
     torch._check(weight_t.dim() == 2, lambda: "weight_t must be W^T, (K, N)")
     torch._check(a.shape[-1] == weight_t.shape[0], lambda: "a (..., K) needs weight_t (K, N)")
     _check_epilogue((*a.shape[:-1], weight_t.shape[1]), activation, residual)
@@ -301,9 +307,10 @@ def _relu_gated_ffn_fake(
 
 
 def _sparse_input_linear_cpu(a: Tensor, weight_t: Tensor, bias: Tensor | None,
-                             activation: str = "none", residual: Tensor | None = None) -> Tensor:
+                             activation: str = "none", residual: Tensor | None = None,
+                             input_threshold: float | None = None) -> Tensor:
     return extension.kernel("sparse_input_linear", file=ACT_SPARSE_FILE)(
-        a, weight_t, bias, activation, residual)
+        a, weight_t, bias, activation, residual, input_threshold)
 
 
 def _relu_gated_ffn_cpu(
@@ -322,8 +329,11 @@ def _triton_kernels(op: str) -> ModuleType:
 
 
 def _sparse_input_linear_cuda(a: Tensor, weight_t: Tensor, bias: Tensor | None,
-                              activation: str = "none", residual: Tensor | None = None) -> Tensor:
+                              activation: str = "none", residual: Tensor | None = None,
+                              input_threshold: float | None = None) -> Tensor:
     # the Triton kernel splits K across programs (atomic adds), so the epilogue runs after it
+    if input_threshold is not None:
+        a = fatrelu(a, input_threshold)
     y = _triton_kernels("sparse_input_linear").sparse_input_linear(a, weight_t, bias)
     return epilogue_reference(y, activation, residual)
 
@@ -341,10 +351,12 @@ lib.impl("relu_gated_ffn", _relu_gated_ffn_cuda, "CUDA")
 
 
 def sparse_input_linear(a: Tensor, weight_t: Tensor, bias: Tensor | None, activation: str = "none",
-                        residual: Tensor | None = None) -> Tensor:
+                        residual: Tensor | None = None, input_threshold: float | None = None) -> Tensor:
     """`torch.ops.sparseforge.sparse_input_linear`: `sparse_input_linear_reference` skipping
-    the zeros of `a` (C++ on CPU float32 with the epilogue in the kernel, Triton on CUDA)."""
-    return torch.ops.sparseforge.sparse_input_linear(a, weight_t, bias, activation, residual)
+    the zeros of `a` (C++ on CPU float32 with prologue and epilogue in the kernel, Triton on
+    CUDA)."""
+    return torch.ops.sparseforge.sparse_input_linear(a, weight_t, bias, activation, residual,
+                                                     input_threshold)
 
 
 _BOUND_FAKES["sparse_input_linear"] = _sparse_input_linear_fake
