@@ -70,6 +70,24 @@ def tp_prune(dense: nn.Module, x: torch.Tensor, ratio: float,
     return model
 
 
+def tp_at_flops(dense: nn.Module, x: torch.Tensor, flops: float,
+                classifier: Callable[[nn.Module], nn.Module]) -> tuple[nn.Module, float]:
+    """Torch-Pruning's recipe (`tp_prune`) at the smallest ratio that removes at least `flops`
+    of the FLOPs (bisection, our counter); (model, ratio)."""
+    base = count_flops(dense, x).dense_flops
+    lo, hi, best = 0.0, 0.95, None
+    for _ in range(12):
+        mid = (lo + hi) / 2
+        model = tp_prune(dense, x, mid, classifier)
+        if 1 - count_flops(model, x).dense_flops / base >= flops:
+            hi, best = mid, (model, mid)
+        else:
+            lo = mid
+    if best is None:
+        raise ValueError(f"Torch-Pruning does not reach {flops:.1%} fewer FLOPs below ratio 0.95")
+    return best
+
+
 def aten_flops(model: nn.Module, x: torch.Tensor) -> int:
     """Cross-check: every conv / matmul torch's FlopCounterMode sees in one forward (it does
     not count the attention score/value products of CPU SDPA, which count_flops does)."""
@@ -192,6 +210,15 @@ def bench_runs(run_dirs: list[Path], args: argparse.Namespace) -> None:
         models[run.name] = model.eval()
         rows.append((run.name, summary["compressed"]["test_accuracy"],
                      count_flops(model, x1).dense_flops, sum(p.numel() for p in model.parameters())))
+    if args.tp and len(rows) > 1:  # the peer on the same trained dense model, at run 2's FLOPs
+        target = 1 - rows[1][2] / rows[0][2]
+        tp_model, ratio = tp_at_flops(models[rows[0][0]], x1, target, lambda m: m.fc)
+        name = f"torch-pruning@{rows[1][0]}"
+        models[name] = tp_model.eval()
+        rows.append((name, float("nan"), count_flops(tp_model, x1).dense_flops,
+                     sum(p.numel() for p in tp_model.parameters())))
+        print(f"{name}: Torch-Pruning (L2, layer-wise) at ratio {ratio:.3f} on the dense run, "
+              "not fine-tuned (latency and FLOPs only)")
     shape = tuple(splits.test.tensors[0].shape[1:])
     if args.fold_bn:  # the same deploy-time folding on every side, dense included
         from sparseforge.graph import fuse
@@ -262,6 +289,9 @@ def main() -> None:
                     help="with --runs: fold BatchNorm into the convs of every model before timing")
     ap.add_argument("--compile", action="store_true",
                     help="with --runs: time every model compiled by inductor")
+    ap.add_argument("--tp", action="store_true",
+                    help="with --runs: also time Torch-Pruning applied to the dense run at the "
+                         "FLOPs of the second run (model.fc kept)")
     ap.add_argument("--onnx", action="store_true",
                     help="with --runs: also time every model exported to ONNX in onnxruntime")
     ap.add_argument("--quick", action="store_true",
