@@ -1,6 +1,6 @@
 """The fusion planner on CPU (issue 10, part 4): per model and batch, in one interleaved loop,
 eager, torch.compile (default and max-autotune) on the model, our deployment without the
-planner (eager and torch.compile) and with it (deploy(..., fuse=True): epilogues folded into our
+planner (eager, torch.compile, torch.compile with freezing) and with it (deploy(..., fuse=True): epilogues folded into our
 kernels, the rest through TorchInductor, with and without inductor's freezing). Models: a
 transformer-FFN stack (768 -> 3072 -> 768, relu, residual, x4) at 90% weight sparsity as BSR
 16x16 tiles and as unstructured CSR, ResNet-20 at 90% per conv on direct sparse convs (BatchNorm
@@ -141,12 +141,14 @@ def deployment(model: nn.Module, x: torch.Tensor, kernels: tuple[str, ...]) -> D
     return deploy(model, x, "cpu", repeats=5, rounds=2, candidates=kernels, fold_bn=True)
 
 
-def compiled(module: nn.Module, x: torch.Tensor, mode: str | None, budget_s: float):
-    """torch.compile(module, mode), compiled now; (callable, generated kernels, compile s), or
-    (None, reason) when it fails or exceeds `budget_s`."""
+def compiled(module: nn.Module, x: torch.Tensor, mode: str | None, budget_s: float,
+             freezing: bool = False):
+    """torch.compile(module, mode), compiled now (with inductor's freezing when asked);
+    (callable, generated kernels, compile s), or (None, reason) when it fails or exceeds
+    `budget_s`."""
     from torch._inductor import metrics
 
-    fn = torch.compile(module, mode=mode)
+    fn = torch.compile(module, mode=mode, options={"freezing": True} if freezing else None)
     metrics.reset()
     t0 = time.perf_counter()
     try:
@@ -184,11 +186,12 @@ def candidates(name: str, batch: int, max_autotune: bool, budget_s: float):
     deployed = deployment(model, x, kernels)
     choices = sorted(set(deployed.choices().values()))
     fns["deploy"] = (lambda: deployed.module(x), "-")
-    got, why = compiled(deployed.module, x, None, budget_s)
-    if got is None:
-        notes.append(f"deploy+compile: {why}")
-    else:
-        fns["deploy+compile"] = (lambda fn=got[0]: fn(x), got[1])
+    for label, freezing in (("deploy+compile", False), ("deploy+compile-freeze", True)):
+        got, why = compiled(deployed.module, x, None, budget_s, freezing)  # unfused baselines
+        if got is None:
+            notes.append(f"{label}: {why}")
+        else:
+            fns[label] = (lambda fn=got[0]: fn(x), got[1])
     fusion = None
     for label, freezing in (("deploy+planner", True), ("deploy+planner-nofreeze", False)):
         with warnings.catch_warnings():
@@ -248,7 +251,7 @@ def main() -> None:
                     {label: fn for label, (fn, _) in fns.items()}, rounds=args.rounds, repeats=REPEATS).items()}
             load = os.getloadavg()[0]
             best_compile = min(t[k] for k in ("compile", "compile-max-autotune") if k in t)
-            unfused = min(t[k] for k in ("deploy", "deploy+compile") if k in t)
+            unfused = min(t[k] for k in ("deploy", "deploy+compile", "deploy+compile-freeze") if k in t)
             planner = min(t[k] for k in ("deploy+planner", "deploy+planner-nofreeze") if k in t)
             print(f"\n{name}, batch {batch} (deploy chose {', '.join(choices)}; load {load:.2f})")
             print(f"  {'candidate':24s} {'median ms':>10} {'vs eager':>9} {'kernels':>8}")
