@@ -55,9 +55,9 @@ def test_soft_pruning_zeroes_units_each_epoch_and_they_can_come_back(make_recipe
     assert all(r["flops_removed"] > 0.3 for r in rows)
 
 
-def test_resume_of_a_hard_structured_run_rebuilds_the_shape(make_recipe, tmp_path,
-                                                            train_killed_after_epoch):
-    recipe = make_recipe(model=RESNET, structured={"ratio": 0.5}, train={"epochs": 2})
+def straight_and_resumed(recipe, tmp_path, train_killed_after_epoch):
+    """Train `recipe` straight through and, separately, killed after an epoch and resumed;
+    check both reloaded models give the same outputs. Returns (straight run, model, input)."""
     straight = train(recipe, tmp_path / "a", progress=False)
     train_killed_after_epoch(recipe, tmp_path / "b")
     resumed = train(recipe, tmp_path / "b", resume=True, progress=False)
@@ -65,6 +65,13 @@ def test_resume_of_a_hard_structured_run_rebuilds_the_shape(make_recipe, tmp_pat
     _, _, mb = load_run(resumed)
     x = splits.test.tensors[0][:8]
     assert torch.equal(ma.eval()(x), mb.eval()(x))
+    return straight, ma, x
+
+
+def test_resume_of_a_hard_structured_run_rebuilds_the_shape(make_recipe, tmp_path,
+                                                            train_killed_after_epoch):
+    recipe = make_recipe(model=RESNET, structured={"ratio": 0.5}, train={"epochs": 2})
+    straight_and_resumed(recipe, tmp_path, train_killed_after_epoch)
 
 
 @pytest.mark.parametrize("structured,match", [
@@ -109,16 +116,10 @@ def test_depth_run_drops_blocks_reloads_and_resumes(make_recipe, tmp_path, fake_
     recipe = make_recipe(model={"name": "resnet", "args": {"depth": 20}}, train={"epochs": 2},
                          structured={"flops": 0.3, "scope": "latency", "depth": True,
                                      "max_ratio": 0.5, "round_to": 4})
-    straight = train(recipe, tmp_path / "a", progress=False)
+    straight, ma, x = straight_and_resumed(recipe, tmp_path, train_killed_after_epoch)
     plan = json.loads((straight / "structure.json").read_text())
     assert plan["dropped_branches"]
     assert "Dropped branches" in (straight / "report.md").read_text()
-    train_killed_after_epoch(recipe, tmp_path / "b")
-    resumed = train(recipe, tmp_path / "b", resume=True, progress=False)
-    _, splits, ma = load_run(straight)
-    _, _, mb = load_run(resumed)
-    x = splits.test.tensors[0][:8]
-    assert torch.equal(ma.eval()(x), mb.eval()(x))
     from sparseforge.runtime import check_onnx, export_model
 
     onnx = export_model(ma, x[:2], tmp_path / "depth.onnx", "onnx")
