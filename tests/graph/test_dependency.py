@@ -219,6 +219,37 @@ def test_attention_heads_removed_whole():
     assert any("layer_norm" in k["reason"] for k in graph.kept)
 
 
+class RotaryAttention(nn.Module):
+    """Two attention layers with rotary embeddings computed from one `inv_freq` buffer by
+    elementwise ops (as transformers 5.x writes it): cos/sin are shared by every head of
+    every layer, broadcast over the head dim."""
+
+    def __init__(self, d=32, heads=4, layers=2):
+        super().__init__()
+        self.hd = d // heads
+        self.register_buffer("inv_freq", 1.0 / 100 ** (torch.arange(0, self.hd, 2) / self.hd),
+                             persistent=False)
+        self.qkv = nn.ModuleList(nn.ModuleList(nn.Linear(d, d) for _ in range(3)) for _ in range(layers))
+        self.out = nn.ModuleList(nn.Linear(d, d) for _ in range(layers))
+
+    def forward(self, x):  # (B, T, d)
+        b, t, d = x.shape
+        angles = torch.arange(t, dtype=x.dtype)[:, None] * self.inv_freq  # (T, hd/2)
+        cos = torch.cat([angles, angles], -1).cos()  # (T, hd), broadcast over heads
+        for qkv, out in zip(self.qkv, self.out, strict=True):
+            q, k, v = (lin(x).view(b, t, -1, self.hd).transpose(1, 2) for lin in qkv)
+            y = F.scaled_dot_product_attention(q * cos, k * cos, v)
+            x = x + out(y.transpose(1, 2).reshape(b, t, -1))
+        return x
+
+
+def test_a_buffer_shared_by_every_head_does_not_merge_them():
+    graph, small = remove_and_compare(RotaryAttention(), torch.randn(2, 5, 32), fraction=0.5)
+    heads = [g for g in graph.groups if g.keys[0][0].startswith("qkv")]
+    assert len(heads) == 2 and all(len(g.units) == 4 for g in heads)  # per layer, per head
+    assert small.inv_freq.shape == (4,)  # shared: never sliced
+
+
 def test_layernorm_over_channels_keeps_them_dense():
     model = nn.Sequential(nn.Linear(8, 12), nn.LayerNorm(12), nn.Linear(12, 3))
     graph = dependency_graph(model, torch.randn(2, 8))

@@ -219,6 +219,7 @@ class _Analysis:
         self.unsafe: dict[int, str] = {}
         self.unsupported: list[tuple[str, np.ndarray]] = []
         self.cuts: list[tuple[np.ndarray, str]] = []
+        self.passive: list[tuple[int, int]] = []  # id ranges of parameters used as operands
 
     # --- bookkeeping -------------------------------------------------------------------------
     def fresh(self, n: int, node: Node) -> np.ndarray:
@@ -256,6 +257,8 @@ class _Analysis:
         if name is None or shape is None or not arg.meta["val"].is_floating_point():
             return None
         ids = self.uf.fresh(int(np.prod(shape, dtype=np.int64))).reshape(shape)
+        if ids.size:
+            self.passive.append((int(ids.min()), int(ids.max()) + 1))
         self.grids[name] = ids
         v = _Val(torch.from_numpy(ids), torch.ones(shape, dtype=torch.bool))
         self.vals[arg] = v
@@ -416,11 +419,37 @@ class _Analysis:
         return _Val(torch.full(shape, UNTRACKED, dtype=torch.long),
                     torch.full(shape, zero, dtype=torch.bool))
 
+    def _is_passive(self, ids: np.ndarray) -> bool:
+        """Whether every id is a parameter's own (from `val`), none a layer's output channel."""
+        ids = ids[ids >= 0]
+        inside = np.zeros(ids.shape, dtype=bool)
+        for lo, hi in self.passive:
+            inside |= (ids >= lo) & (ids < hi)
+        return bool(ids.size) and bool(inside.all())
+
+    def _operands(self, args: tuple, shape: tuple[int, ...]) -> list[_Val]:
+        """The operands broadcast to `shape`. A parameter-derived operand (e.g. RoPE's cos/sin
+        from `inv_freq`) broadcast along a dim where another operand's units differ (heads,
+        layers) is shared by them: it is never sliced with any one, so it joins none (uniting
+        through it would merge every head of every layer into one unit)."""
+        ops = [self._operand(a, shape) for a in args]
+        raw = [self.val(a) for a in args]
+        for i, (v, r) in enumerate(zip(ops, raw, strict=True)):
+            if r is None or not self._is_passive(r.L.numpy()):
+                continue
+            lead = len(shape) - r.L.dim()
+            bcast = [d for d in range(len(shape))
+                     if shape[d] > 1 and (d < lead or r.L.shape[d - lead] == 1)]
+            others = [o.L for j, o in enumerate(ops) if j != i]
+            if any(not torch.equal(L, L.narrow(d, 0, 1).expand_as(L)) for L in others for d in bcast):
+                ops[i] = _Val(torch.full(shape, UNTRACKED, dtype=torch.long), v.Z)
+        return ops
+
     def binary(self, node: Node, meta: object) -> _Val | None:
         shape = _shape_of(meta)
         if shape is None:
             return None
-        a, b = self._operand(node.args[0], shape), self._operand(node.args[1], shape)
+        a, b = self._operands(tuple(node.args[:2]), shape)
         La, Lb = a.L.numpy(), b.L.numpy()
         self.uf.union_pairs(La.reshape(-1), Lb.reshape(-1))
         L = torch.where(a.L >= 0, a.L, b.L)
@@ -438,7 +467,7 @@ class _Analysis:
         if cond is not None and (cond.L >= 0).any():
             self.sink(cond.L.numpy(), f"{_where(node)} uses them as a condition")
         shape = _shape_of(meta)
-        a, b = self._operand(node.args[1], shape), self._operand(node.args[2], shape)
+        a, b = self._operands((node.args[1], node.args[2]), shape)
         self.uf.union_pairs(a.L.numpy().reshape(-1), b.L.numpy().reshape(-1))
         return _Val(torch.where(a.L >= 0, a.L, b.L).contiguous(), (a.Z & b.Z).contiguous())
 
