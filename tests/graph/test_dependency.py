@@ -250,6 +250,24 @@ def test_a_buffer_shared_by_every_head_does_not_merge_them():
     assert small.inv_freq.shape == (4,)  # shared: never sliced
 
 
+def test_a_parameter_sliced_with_one_unit_and_shared_by_others_keeps_that_unit():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.head = nn.Linear(6, 8), nn.Linear(6, 16), nn.Linear(24, 3)
+            self.s = nn.Parameter(torch.randn(8))
+
+        def forward(self, x):  # s scales a's channels, and is broadcast over b's two halves
+            y = self.a(x) * self.s
+            z = (self.b(x).view(-1, 2, 8) * self.s).flatten(1)
+            return self.head(torch.cat([y, z], 1))
+
+    graph = dependency_graph(Net(), torch.randn(3, 6))
+    prunable = {n for g in graph.groups for n, _ in g.keys}
+    assert "a.weight" not in prunable and "b.weight" in prunable
+    assert any("broadcasts them over several units" in k["reason"] for k in graph.kept)
+
+
 def test_layernorm_over_channels_keeps_them_dense():
     model = nn.Sequential(nn.Linear(8, 12), nn.LayerNorm(12), nn.Linear(12, 3))
     graph = dependency_graph(model, torch.randn(2, 8))

@@ -427,11 +427,12 @@ class _Analysis:
             inside |= (ids >= lo) & (ids < hi)
         return bool(ids.size) and bool(inside.all())
 
-    def _operands(self, args: tuple, shape: tuple[int, ...]) -> list[_Val]:
+    def _operands(self, node: Node, args: tuple, shape: tuple[int, ...]) -> list[_Val]:
         """The operands broadcast to `shape`. A parameter-derived operand (e.g. RoPE's cos/sin
         from `inv_freq`) broadcast along a dim where another operand's units differ (heads,
-        layers) is shared by them: it is never sliced with any one, so it joins none (uniting
-        through it would merge every head of every layer into one unit)."""
+        layers) is shared by them: it must not be sliced with any one, so it joins none here
+        (uniting through it would merge every head of every layer into one unit), and a unit it
+        joins elsewhere keeps its channels."""
         ops = [self._operand(a, shape) for a in args]
         raw = [self.val(a) for a in args]
         for i, (v, r) in enumerate(zip(ops, raw, strict=True)):
@@ -442,6 +443,7 @@ class _Analysis:
                      if shape[d] > 1 and (d < lead or r.L.shape[d - lead] == 1)]
             others = [o.L for j, o in enumerate(ops) if j != i]
             if any(not torch.equal(L, L.narrow(d, 0, 1).expand_as(L)) for L in others for d in bcast):
+                self.sink(r.L.numpy(), f"{_where(node)} also broadcasts them over several units")
                 ops[i] = _Val(torch.full(shape, UNTRACKED, dtype=torch.long), v.Z)
         return ops
 
@@ -449,7 +451,7 @@ class _Analysis:
         shape = _shape_of(meta)
         if shape is None:
             return None
-        a, b = self._operands(tuple(node.args[:2]), shape)
+        a, b = self._operands(node, tuple(node.args[:2]), shape)
         La, Lb = a.L.numpy(), b.L.numpy()
         self.uf.union_pairs(La.reshape(-1), Lb.reshape(-1))
         L = torch.where(a.L >= 0, a.L, b.L)
@@ -467,7 +469,7 @@ class _Analysis:
         if cond is not None and (cond.L >= 0).any():
             self.sink(cond.L.numpy(), f"{_where(node)} uses them as a condition")
         shape = _shape_of(meta)
-        a, b = self._operands((node.args[1], node.args[2]), shape)
+        a, b = self._operands(node, (node.args[1], node.args[2]), shape)
         self.uf.union_pairs(a.L.numpy().reshape(-1), b.L.numpy().reshape(-1))
         return _Val(torch.where(a.L >= 0, a.L, b.L).contiguous(), (a.Z & b.Z).contiguous())
 
