@@ -411,8 +411,9 @@ class _Analysis:
             keeps_zero = False
         return _Val(v.L, v.Z if keeps_zero else torch.zeros_like(v.Z))
 
-    def _operand(self, arg: object, shape: tuple[int, ...]) -> _Val:
-        v = self.val(arg)
+    @staticmethod
+    def _operand(arg: object, v: _Val | None, shape: tuple[int, ...]) -> _Val:
+        """`arg` (its labels `v`, or a constant) broadcast to `shape`."""
         if v is not None:
             return _Val(v.L.expand(shape), v.Z.expand(shape))
         zero = isinstance(arg, (int, float)) and arg == 0
@@ -433,8 +434,8 @@ class _Analysis:
         layers) is shared by them: it must not be sliced with any one, so it joins none here
         (uniting through it would merge every head of every layer into one unit), and a unit it
         joins elsewhere keeps its channels."""
-        ops = [self._operand(a, shape) for a in args]
         raw = [self.val(a) for a in args]
+        ops = [self._operand(a, r, shape) for a, r in zip(args, raw, strict=True)]
         for i, (v, r) in enumerate(zip(ops, raw, strict=True)):
             if r is None or not self._is_passive(r.L.numpy()):
                 continue

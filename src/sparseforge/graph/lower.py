@@ -81,7 +81,7 @@ def _fatrelu_input(seed: Node, members: set[str]) -> tuple[Node, float, list[Nod
             and zero.target is aten.zeros_like.default and zero.args[0] is v):
         return None
     nodes = [cond, zero, where]
-    if any(n.name not in members or _only_user(n, members | {seed.name}) is None for n in nodes):
+    if any(n.name not in members or _only_user(n, members) is None for n in nodes):
         return None
     return v, float(cond.args[1]), nodes
 
