@@ -257,11 +257,49 @@ def test_erk_distribution_sets_each_layer_and_keeps_the_model_budget():
         assert s == pytest.approx(targets[n], abs=0.01)
 
 
-def test_erk_refuses_global_allocation():
-    from sparseforge.recipe import RecipeError, parse_recipe
+@pytest.mark.parametrize("allocation", ["layerwise", "global"])
+def test_global_allocation_ranks_the_grown_partition_against_the_whole_model(allocation):
+    """Partition 0's weights are scaled up before its prune-back: under global allocation they
+    win the model-wide ranking and the sparse partition gives up weights (its mask only
+    shrinks); layer-wise, each layer of partition 0 goes back to s and the rest is untouched."""
+    model, opt, session = setup(gap_recipe(allocation=allocation))
+    gap, before, after = session.modifiers[0], {}, {}
+    grow = gap._grow
 
-    with pytest.raises(RecipeError, match="erk fixes each layer"):
-        parse_recipe(
-            "train: {epochs: 4}\nmodifiers: [{type: gap, sparsity: 0.9, distribution: erk, "
-            "allocation: global}]\n"
-        )
+    def record_then_grow(index, session):  # the masks the prune-back left, before regrowth
+        after.update({n: get_mask(layer(model, n)).clone() for n in LAYERS})
+        grow(index, session)
+
+    gap._grow = record_then_grow
+
+    def boost():  # right before the first prune-back (step 2)
+        if session.global_step + 1 == 2:
+            with torch.no_grad():
+                for n in ("1", "3"):
+                    layer(model, n).parametrizations.weight.original.mul_(100)
+            before.update({n: get_mask(layer(model, n)).clone() for n in LAYERS})
+
+    train_steps(model, opt, session, 2, before_step=boost)
+    kept = {n: after[n].float().mean().item() for n in LAYERS}
+    total = sum(after[n].sum().item() for n in LAYERS)
+    assert total == pytest.approx(0.25 * sum(m.numel() for m in after.values()), abs=2)
+    for n in ("5", "7"):  # sparse while partition 0 grew: never gains a weight
+        assert not (after[n] & ~before[n]).any()
+    if allocation == "global":
+        assert kept["1"] > 0.25 and kept["3"] > 0.25
+        assert kept["5"] < 0.25 and kept["7"] < 0.25  # gave up weights it held at s
+    else:
+        assert kept["1"] == kept["3"] == 0.25
+        assert torch.equal(after["5"], before["5"]) and torch.equal(after["7"], before["7"])
+
+
+def test_erk_start_with_global_allocation():
+    """ERK sets the random start; the global prune-backs keep the model-wide budget."""
+    from sparseforge.sparsity import layer_sparsity
+
+    model, opt, session = setup(gap_recipe(distribution="erk", allocation="global"))
+    targets = session.modifiers[0].erk_targets
+    for n in ("5", "7"):  # the sparse partition starts at its ERK sparsity
+        assert layer_sparsity(model)[n] == pytest.approx(targets[n], abs=0.01)
+    train_steps(model, opt, session, 16)
+    assert global_sparsity(model) == pytest.approx(0.75, abs=1e-3)

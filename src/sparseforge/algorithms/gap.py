@@ -31,7 +31,9 @@ class GaPConfig(PruningConfig):
         None, gt=0.0, description="epoch of the final prune (default: epochs - finetune_epochs)"
     )
     distribution: Literal["uniform", "erk"] = Field(
-        "uniform", description="erk: per-layer sparsity by Erdős–Rényi-Kernel (as RigL/MEST)"
+        "uniform",
+        description="erk: per-layer sparsity by Erdős–Rényi-Kernel (as RigL/MEST); with "
+        "allocation: global only for the random start",
     )
 
     @model_validator(mode="after")
@@ -44,8 +46,6 @@ class GaPConfig(PruningConfig):
                     f"partitions = {self.partitions} but {len(self.groups)} groups are given; "
                     "drop `partitions` (the groups define them)"
                 )
-        if self.distribution == "erk" and self.allocation != "layerwise":
-            raise ValueError("distribution: erk fixes each layer's sparsity; drop allocation")
         if {"final_prune_epoch", "finetune_epochs"} <= self.model_fields_set:
             raise ValueError(
                 "set either final_prune_epoch or finetune_epochs (the final prune happens at "
@@ -164,12 +164,21 @@ class GrowAndPrune(Modifier):
         self.grown = index
 
     def _prune_back(self, session) -> None:
-        """Prune the grown partition back to s with the configured scheme and criterion."""
-        names = self.partitions[self.grown]
-        layers = {n: self.owned.layers[n] for n in names}
-        stats = {n: self.owned.taylor[n].value() for n in names if n in self.owned.taylor}
-        for n, mask in self._masks(layers, self.config, stats, session).items():
-            apply_mask(layers[n], mask)
+        """Prune the grown partition back to s with the configured scheme and criterion. With
+        `allocation: global` its weights are ranked together with every kept weight of the
+        model (one threshold), so layers whose weights lose the ranking give up weights too and
+        the per-layer sparsity is learned rather than fixed."""
+        if self.config.allocation == "global":
+            layers = self.owned.layers
+            stats = {n: acc.value() for n, acc in self.owned.taylor.items()}
+            target = self.config.final_sparsity
+            masks = compute_masks(layers, self.config, target, stats, session.generator)
+        else:
+            layers = {n: self.owned.layers[n] for n in self.partitions[self.grown]}
+            stats = {n: self.owned.taylor[n].value() for n in layers if n in self.owned.taylor}
+            masks = self._masks(layers, self.config, stats, session)
+        for n, mask in masks.items():
+            apply_mask(layers[n], mask & get_mask(layers[n]))
 
     def _masks(self, layers: dict[str, nn.Module], spec, stats, session) -> dict[str, Tensor]:
         """Masks at the target: one call over `layers` (uniform, or global allocation), or
