@@ -50,8 +50,10 @@ def method_modifiers(method: str, s: float, epochs: int) -> list[dict]:
         "oneshot+finetune": [{"type": "oneshot", **common, "at_epoch": half}],
         "gmp": [{"type": "gmp", **common, "start_epoch": epochs / 4, "end_epoch": late,
                  "update_every": 0.25}],
+        # ERK start, then every prune-back ranks against the whole model (allocation: global)
         "gap": [{"type": "gap", "sparsity": s, "layers": layers, "distribution": "erk",
-                 "partitions": 4, "period": 1.0, "finetune_epochs": epochs / 8}],
+                 "allocation": "global", "partitions": 4, "period": max(1.0, epochs / 10),
+                 "finetune_epochs": epochs / 8}],
         "rigl": [{"type": "rigl", **dst}],
         "set": [{"type": "set", **dst}],
         "mest": [{"type": "mest", **dst, "soft_bound": True}],
