@@ -300,7 +300,7 @@ def candidates(name: str, batch: int, max_autotune: bool, budget_s: float):
     for label, freezing in (("deploy+planner", True), ("deploy+planner-nofreeze", False)):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            f = fuse_deployed(deployed.module, x, "cpu") if freezing else _fuse_nofreeze(deployed.module, x)
+            f = fuse_deployed(deployed.module, x, "cpu", freezing)
         if f is None:
             notes.append(f"{label}: the deployed model did not export")
             continue
@@ -312,12 +312,6 @@ def candidates(name: str, batch: int, max_autotune: bool, budget_s: float):
             scale = max(1.0, float(ref.abs().max()))
             torch.testing.assert_close(out, ref, rtol=0, atol=ATOL * scale, msg=lambda m, lb=label: f"{lb}: {m}")
     return fns, notes, fusion, choices
-
-
-def _fuse_nofreeze(module: nn.Module, x: torch.Tensor):
-    from sparseforge.graph.lower import fuse_model
-
-    return fuse_model(module, x, freezing=False)
 
 
 def parse_args() -> argparse.Namespace:

@@ -1,6 +1,7 @@
 """deploy(..., fuse=True): the deployed model is exported, planned and lowered; its output equals
-the unfused deployment; the plan is saved with it and the fusion is made again on load; a model
-export cannot trace falls back to the unfused deployment with a warning that says why."""
+the unfused deployment; it is lowered with and without inductor's freezing and keeps the faster;
+the plan and that choice are saved with it and the fusion is made again on load; a model export
+cannot trace falls back to the unfused deployment with a warning that says why."""
 
 import importlib
 import json
@@ -50,13 +51,30 @@ def test_fused_deploy_equals_unfused_and_is_saved_and_reloaded(monkeypatch, tmp_
         z = torch.randn(1, 64)
         torch.testing.assert_close(fused(z), plain(z))
         assert fused(torch.randn(3, 64)).shape == (3, 64)  # another shape: the unfused module
+    compiled = fused.fusion.report.compile
+    assert set(compiled["measured_ms"]) == {"freezing", "no freezing"}
+    assert compiled["freezing"] == (min(compiled["measured_ms"], key=compiled["measured_ms"].get)
+                                    == "freezing")
     fused.save(tmp_path)
-    assert json.loads((tmp_path / "deploy.json").read_text())["settings"]["fuse"] is True
+    settings = json.loads((tmp_path / "deploy.json").read_text())["settings"]
+    assert settings["fuse"] is True and settings["freezing"] == compiled["freezing"]
     assert len(json.loads((tmp_path / "fusion_plan.json").read_text())["blocks"]) >= 4
     loaded = DeployedModel.load(tmp_path, model)
-    assert loaded.fusion is not None
+    assert loaded.fusion is not None  # lowered once, the saved way, without measuring again
+    assert loaded.fusion.report.compile["freezing"] == compiled["freezing"]
+    assert "measured_ms" not in loaded.fusion.report.compile
     with torch.no_grad():
         torch.testing.assert_close(loaded(z), plain(z))
+
+
+@pytest.mark.parametrize("faster", ["freezing", "no freezing"])
+def test_fused_deploy_keeps_the_freezing_measured_faster(monkeypatch, faster):
+    monkeypatch.setattr(deploy_module, "time_side_by_side", bsr_wins)
+    monkeypatch.setattr(deploy_module, "interleaved", lambda fns, rounds, repeats: {
+        label: Timing.from_samples([1e-4 if label == faster else 1e-3]) for label in fns})
+    fused = deploy(residual_mlp(), torch.randn(1, 64), **FAST, fuse=True)
+    assert fused.fusion.report.compile["freezing"] == (faster == "freezing")
+    assert fused.settings["freezing"] == (faster == "freezing")
 
 
 class DataDependent(nn.Module):

@@ -104,7 +104,8 @@ class DeployedModel:
         if settings.get("fuse"):  # the fused module is compiled code: made again, never stored
             from .deploy import fuse_deployed
 
-            fusion = fuse_deployed(module.eval(), torch.randn(shape), saved["target"])
+            fusion = fuse_deployed(module.eval(), torch.randn(shape), saved["target"],
+                                   settings.get("freezing"))
         return cls(module.eval(), saved["layers"], saved["target"], shape, settings,
                    saved["machine"], fusion)
 
