@@ -22,7 +22,9 @@ from .ptq import _inputs
 # Inductor settings of every int8 compile here. `freezing` folds the weights into constants,
 # which the int8 lowering passes need. It must be in inductor's global config while compiling:
 # `torch.compile(options={"freezing": True})` is not seen by the passes that prepack int8
-# weights (compiling fails). The test suite checks the lowered code.
+# weights (compiling fails). The test suite checks the lowered code. The options are passed
+# too, so the backend differs from a plain torch.compile of the same module, whose compiled
+# graph Dynamo would otherwise reuse unfrozen.
 INDUCTOR_CONFIG = {"freezing": True}
 
 
@@ -32,7 +34,7 @@ class FrozenCompiled(nn.Module):
 
     def __init__(self, module: nn.Module) -> None:
         super().__init__()
-        self.compiled = torch.compile(module, dynamic=False)
+        self.compiled = torch.compile(module, dynamic=False, options=INDUCTOR_CONFIG)
 
     def forward(self, *args: Tensor) -> Tensor:
         with torch._inductor.config.patch(INDUCTOR_CONFIG):
