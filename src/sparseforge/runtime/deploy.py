@@ -120,12 +120,12 @@ def fuse_deployed(module: nn.Module, example_input: Tensor, target: str,
                   freezing: bool | None = None, *, repeats: int = 20,
                   rounds: int = 3) -> Fusion | None:
     """The fusion planner on a deployed module (graph.lower.fuse_model): epilogues folded into
-    our kernels, the rest compiled by TorchInductor. `freezing` (inductor folding the weights
-    in as constants) None lowers the module both ways and keeps the faster on `example_input`,
-    the medians in `report.compile["measured_ms"]`: neither wins everywhere (measured on a
-    2-core CPU: freezing made ResNet-18 1.6x faster through oneDNN's packed convs and a
-    LLaMA-style decoder 1.12x slower). None, with a warning saying why, when the target is not
-    the CPU or the module cannot be exported."""
+    our kernels, the rest compiled by TorchInductor. `freezing` (inductor folds the weights in
+    as constants): True or False lowers once that way; None lowers both ways and keeps the one
+    faster on `example_input`, the medians in `report.compile["measured_ms"]`, since neither
+    wins everywhere (on a 2-core CPU freezing made ResNet-18 1.6x faster through oneDNN's
+    packed convs and a LLaMA-style decoder 1.12x slower). Returns None, with a warning saying
+    why, when the target is not the CPU or the module cannot be exported."""
     from ..graph.lower import fuse_model
 
     if target != "cpu":
