@@ -9,7 +9,7 @@ from torch import nn
 pytest.importorskip("torchao")
 from torch._inductor.utils import run_and_get_code  # noqa: E402
 
-from sparseforge.quant.deploy import to_int8, to_int8_dynamic  # noqa: E402
+from sparseforge.quant.deploy import compile_frozen, to_int8, to_int8_dynamic  # noqa: E402
 from sparseforge.sparsity import apply_mask  # noqa: E402
 
 
@@ -52,6 +52,20 @@ class ReusedReLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.relu(self.conv2(self.relu(self.conv1(x))))
+
+
+def test_frozen_compile_of_a_module_already_compiled_plainly_compiles_anew():
+    # Dynamo caches per forward code object and two default torch.compile backends compare
+    # equal: without its own options the frozen compile reused the plain (unfrozen) graph
+    from torch._dynamo.utils import counters
+
+    model, x = small_cnn(), torch.randn(2, 1, 8, 8)
+    with torch.inference_mode():
+        torch.compile(model, dynamic=False)(x)
+        graphs = counters["stats"]["unique_graphs"]
+        out = compile_frozen(model)(x)
+        torch.testing.assert_close(out, model(x), atol=1e-4, rtol=1e-4)
+    assert counters["stats"]["unique_graphs"] == graphs + 1
 
 
 def test_int8_deploy_of_a_module_called_twice():
