@@ -128,6 +128,7 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help="full data and 30 epochs")
     parser.add_argument("--epochs", type=int, help="override the training budget")
     parser.add_argument("--limit", type=int, default=12000, help="reduced form: examples per split")
+    parser.add_argument("--seed", type=int, help="train.seed (initialisation and batch order)")
     parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS)
     parser.add_argument("--sparsities", nargs="*", type=float, default=list(SPARSITIES))
     args = parser.parse_args()
@@ -135,6 +136,8 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     recipe = base_recipe(args.full, epochs, args.limit)
+    if args.seed is not None:
+        recipe["train"]["seed"] = args.seed
     machine = machine_info()
     print(f"machine: {machine['cpu_model']}, {machine['torch_threads']} threads, "
           f"torch {machine['torch_version']}; budget {epochs} epochs")
