@@ -28,7 +28,16 @@ def repo_models():
         "mobilenet_v2": (torchvision.models.mobilenet_v2(num_classes=10), torch.randn(1, 3, 64, 64), {}),
         "bert": (BertModel(small_bert), tokens, {}),
         "llama": (LlamaForCausalLM(small_llama), tokens, {"use_cache": False}),
+        "cnn_int8": (int8_cnn(), torch.randn(2, 1, 28, 28), {}),
     }
+
+
+def int8_cnn() -> nn.Module:
+    """The demo CNN after torchao's PT2E int8 conversion (the q/dq graph, uncompiled)."""
+    from sparseforge.quant.deploy import to_int8
+
+    calib = [torch.randn(8, 1, 28, 28) for _ in range(2)]
+    return to_int8(create_model("cnn", num_classes=10, in_channels=1).eval(), calib, compile=False)
 
 
 MODELS = repo_models()

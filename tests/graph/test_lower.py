@@ -244,3 +244,24 @@ def test_sparse_input_linear_takes_the_fatrelu_and_residual_of_a_prosparse_ffn()
                    f"sparseforge._sparse_input_linear_{extension.best_isa()}.default"]
     call = next(n for n in fusion.module.graph_module.graph.nodes if "sparse_input" in str(n.target))
     assert call.kwargs["input_threshold"] == pytest.approx(0.3)
+
+
+def test_a_pt2e_int8_graph_keeps_onednn_int8_through_the_planner():
+    """(De)quantize ops are One-to-One, so the plan of a PT2E int8 model has no opaque op, and
+    its lowering (inductor with freezing) is the int8 deploy's: oneDNN int8 conv and linear,
+    the same output."""
+    pytest.importorskip("torchao")
+    from torch._inductor.utils import run_and_get_code
+
+    from sparseforge.models import create_model
+    from sparseforge.quant.deploy import to_int8
+
+    torch.manual_seed(0)
+    model = create_model("cnn", num_classes=10, in_channels=1).eval()
+    calib = [torch.randn(8, 1, 28, 28) for _ in range(2)]
+    x = torch.randn(2, 1, 28, 28)
+    fusion, code = run_and_get_code(lambda: fuse_model(to_int8(model, calib, compile=False), x))
+    assert fusion.plan.opaque == []
+    assert "onednn.qconv_pointwise" in "".join(code) and "onednn.qlinear_pointwise" in "".join(code)
+    with torch.inference_mode():
+        torch.testing.assert_close(fusion.module(x), to_int8(model, calib)(x))

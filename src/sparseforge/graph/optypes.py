@@ -32,6 +32,10 @@ _TABLE: dict[MapType, tuple[str, ...]] = {
         "dropout", "native_dropout", "to", "_to_copy", "clone", "copy", "copy_", "type_as",
         "zeros_like", "ones_like", "full_like", "empty_like", "fill", "fill_", "round", "floor", "ceil",
         "trunc", "frac", "isnan", "nan_to_num", "logit",
+        # PT2E's (de)quantize (quantized_decomposed): each element scaled, rounded and clamped
+        # by its tensor's or its channel's constant scale and zero point
+        "quantize_per_tensor", "dequantize_per_tensor", "quantize_per_channel",
+        "dequantize_per_channel",
         "getitem",  # one output of a multi-output op: stays with its producer (see fusion_plan)
     ),
     MapType.ONE_TO_MANY: (
