@@ -2,7 +2,7 @@
 at 90% and 95% sparsity; test accuracy, wall time, peak memory (each run in its own process),
 compact-format size. Writes CSV + markdown table + accuracy-vs-sparsity plot.
 
-    python benchmarks/sparse_training.py --out runs/study            # reduced form, 2 CPU cores
+    python benchmarks/sparse_training.py --out runs/study --jobs 2   # reduced form, 2 CPU cores
     python benchmarks/sparse_training.py --out runs/study --full     # full data and epochs (GPU)
 """
 
@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import yaml
@@ -66,12 +67,16 @@ def method_modifiers(method: str, s: float, epochs: int) -> list[dict]:
 METHODS = ("dense", "oneshot+finetune", "gmp", "gap", "rigl", "set", "mest", "admm", "imp")
 
 
+CHILD_ENV = dict(os.environ)  # --jobs sets OMP_NUM_THREADS here for every training
+
+
 def _child(args: list[str], log: Path) -> tuple[float, float]:
     """Run `python -m sparseforge.cli ARGS` in a child process, output to `log`:
     (wall seconds, peak RSS in MB of that process alone)."""
     start = time.perf_counter()
     with log.open("w") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "sparseforge.cli", *args], stdout=f, stderr=f)
+        proc = subprocess.Popen([sys.executable, "-m", "sparseforge.cli", *args], stdout=f, stderr=f,
+                                env=CHILD_ENV)
         _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
@@ -129,6 +134,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="override the training budget")
     parser.add_argument("--limit", type=int, default=12000, help="reduced form: examples per split")
     parser.add_argument("--seed", type=int, help="train.seed (initialisation and batch order)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="trainings at once, each with cores/jobs torch threads (2 on 2 cores: "
+                             "small models train more per core on one thread; wall times then "
+                             "include the other job's share of the machine)")
     parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS)
     parser.add_argument("--sparsities", nargs="*", type=float, default=list(SPARSITIES))
     args = parser.parse_args()
@@ -139,16 +148,25 @@ def main() -> None:
     if args.seed is not None:
         recipe["train"]["seed"] = args.seed
     machine = machine_info()
+    if args.jobs > 1:
+        threads = max(1, (os.cpu_count() or 1) // args.jobs)
+        CHILD_ENV["OMP_NUM_THREADS"] = str(threads)
+        machine["torch_threads"] = f"{threads} (x {args.jobs} trainings at once)"
     print(f"machine: {machine['cpu_model']}, {machine['torch_threads']} threads, "
           f"torch {machine['torch_version']}; budget {epochs} epochs")
-    rows, started = [], time.perf_counter()
-    for method in args.methods:
-        for s in (0.0,) if method == "dense" else args.sparsities:
-            row = run_method(method, s, recipe, out)
-            rows.append(row)
-            print(f"{method:18s} target {s:.2f}  acc {row['test_accuracy']:.4f}  "
+    runs = [(m, s) for m in args.methods for s in ((0.0,) if m == "dense" else args.sparsities)]
+    started = time.perf_counter()
+    # the longest (IMP, several trainings) first, so parallel jobs finish together
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = {pool.submit(run_method, m, s, recipe, out): (m, s)
+                   for m, s in sorted(runs, key=lambda run: run[0] != "imp")}
+        for future in as_completed(futures):
+            row = future.result()
+            print(f"{row['method']:18s} target {row['target']:.2f}  acc {row['test_accuracy']:.4f}  "
                   f"sparsity {row['sparsity']:.3f}  {row['wall_s']:.0f}s  "
                   f"peak {row['peak_rss_mb']:.0f} MB  {row['compact_kb']:.0f} kB", flush=True)
+    row_of = {run: future.result() for future, run in futures.items()}
+    rows = [row_of[run] for run in runs]  # the table in the methods' order
     total = time.perf_counter() - started
     write_outputs(rows, out, machine, epochs, total)
     print(f"total {total / 60:.1f} min; table: {out / 'study.md'}")
