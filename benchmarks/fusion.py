@@ -130,8 +130,7 @@ def minilm_act90() -> nn.Module:
     for h in hooks:
         h.remove()
     for n, m in acts.items():
-        pre = seen[n].flatten()
-        m.threshold = float(pre.kthvalue(int(0.9 * pre.numel())).values)
+        m.threshold = zero_threshold(seen[n], SPARSITY)
     deploy_activation_sparse(model.body)
     return model.eval()
 
@@ -167,6 +166,11 @@ class Residual(nn.Module):
         return x + self.body(x)
 
 
+def zero_threshold(pre: torch.Tensor, sparsity: float) -> float:
+    """The FATReLU threshold that zeroes `sparsity` of the pre-activations `pre`."""
+    return float(pre.flatten().kthvalue(int(sparsity * pre.numel())).values)
+
+
 def act_sparse_ffn_stack(depth: int = 4, sparsity: float = 0.9) -> nn.Module:
     """`depth` FFN blocks x + fc2(FATReLU(fc1(x))) with the threshold at the `sparsity` quantile
     of fc1's outputs on random input (ProSparse-like: ~90% zero activations), fc2 as the
@@ -180,7 +184,7 @@ def act_sparse_ffn_stack(depth: int = 4, sparsity: float = 0.9) -> nn.Module:
         ffn = nn.Sequential(nn.Linear(768, 3072), FATReLU(), nn.Linear(3072, 768))
         with torch.no_grad():
             pre = ffn[0](torch.randn(256, 768))
-        ffn[1].threshold = float(pre.flatten().kthvalue(int(sparsity * pre.numel())).values)
+        ffn[1].threshold = zero_threshold(pre, sparsity)
         blocks.append(ffn)
     model = nn.Sequential(*(Residual(b) for b in blocks)).eval()
     deploy_activation_sparse(model)
