@@ -6,7 +6,7 @@
 //      clamped to -127..127, stored per position as (tiles, Cs channels) rows of the block;
 //   2. one int8 GEMM per transform position with int32 accumulation over channels,
 //      acc[tile][pos] (kc) = V[pos] (tiles, Cs) x U[pos] (Cs, kc) (AMX tiles or registers);
-//   3. per tile: M = (acc - comp) * out_scale[pos][k], Y = A^T M A, + bias, relu.
+//   3. per tile: M = acc * out_scale[pos][k], Y = A^T M A, + bias, relu.
 // Input and output are channels last (NHWC memory, NCHW shape): 16 channels of a pixel are one
 // vector load or store; an NCHW input is converted once on entry.
 // U arrives packed (a*a, Cs/4, Kp, 4) int8 (quant/winograd.py pack_weights): 16 out channels x
@@ -15,7 +15,8 @@
 // Variants (SF_ISA, picked at run time by kernels/extension.py):
 //   avx512_amx:  as avx512_vnni, but the GEMMs run on AMX tiles (tdpbusd, u8 x s8 -> s32).
 //   avx512_vnni: V as uint8 (q + 128), vpdpbusd (u8 x s8 -> s32, 4 products per lane); the
-//                +128 shift is undone by comp = 128 * sum_c q_u (u_sum).
+//                +128 shift is undone by starting the accumulators at -128 * sum_c q_u
+//                (-128 * u_sum; the AMX variant subtracts it in phase 3 instead).
 //   avx2:        V as int16, U widened to int16, vpmaddwd (s16 x s16 -> s32, 2 per lane), as
 //                ncnn's int8 Winograd does: vpmaddubsw would saturate its int16 pair sums.
 //   generic:     V as int16, scalar int32 multiply-add.
@@ -61,8 +62,8 @@ constexpr int32_t kShift = 0;
 #define SF_AMX 0
 #endif
 
-// B^T and A^T of F(2,3) and F(4,3) are quant/winograd.py `transforms`, written out term by
-// term in apply_bt / apply_at below.
+// B^T and A^T of F(2,3) and F(4,3) are quant/winograd.py `transforms`, written out (factored)
+// in apply_bt / apply_at below.
 
 // Cs: channels rounded up to 4 (U's packing); Cv: the length of a V row in the block buffers
 // (Cs; rounded up to 64 for AMX, whose tile rows are 64 bytes).
@@ -70,58 +71,71 @@ struct Problem {
   int64_t N, C, H, W, K, ph, pw, Ho, Wo, th, tw, P, Cs, Kp, Cv;
 };
 
-constexpr int L = 16;  // channels per step of the transforms (one zmm of fp32; the loops over
-                       // these lanes are what the compiler vectorizes)
+constexpr int L = 16;  // channels per step of the transforms: one v16 (a zmm on AVX-512, two
+                       // ymm on AVX2, four xmm on the generic build)
+typedef float v16 __attribute__((vector_size(64)));
+typedef int32_t v16i __attribute__((vector_size(64)));
 
+#define SF_UNROLL _Pragma("GCC unroll 36")  // register arrays: GCC keeps them in registers
+                                            // only when every loop over them is unrolled
 
-// r[i] = sum_q BT[i][q] * d[q] and y[i] = sum_q AT[i][q] * m[q] on 16-lane vectors, written out
-// term by term (F(2,3)'s are adds only; no multiplications by the matrices' zeros).
+inline v16 load16(const float* p) {
+  v16 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+// r = B^T d over a vectors (F(2,3): a = 4, adds only; F(4,3): a = 6, factored so that every
+// output is 2-3 adds/FMAs). Exact in fp32 for the test inputs (quarter integers), so the
+// summation order is free.
 template <int M>
-inline void apply_bt(const float* const* d, float* const* r) {
-#pragma omp simd
-  for (int l = 0; l < L; ++l) {
-    if constexpr (M == 2) {
-      const float d0 = d[0][l], d1 = d[1][l], d2 = d[2][l], d3 = d[3][l];
-      r[0][l] = d0 - d2; r[1][l] = d1 + d2; r[2][l] = d2 - d1; r[3][l] = d1 - d3;
-    } else {
-      const float d0 = d[0][l], d1 = d[1][l], d2 = d[2][l], d3 = d[3][l], d4 = d[4][l], d5 = d[5][l];
-      r[0][l] = 4.0f * d0 - 5.0f * d2 + d4;
-      r[1][l] = -4.0f * d1 - 4.0f * d2 + d3 + d4;
-      r[2][l] = 4.0f * d1 - 4.0f * d2 - d3 + d4;
-      r[3][l] = -2.0f * d1 - d2 + 2.0f * d3 + d4;
-      r[4][l] = 2.0f * d1 - d2 - 2.0f * d3 + d4;
-      r[5][l] = 4.0f * d1 - 5.0f * d3 + d5;
-    }
+inline void apply_bt(const v16* d, int ds, v16* r, int rs) {
+  if constexpr (M == 2) {
+    r[0] = d[0] - d[2 * ds]; r[rs] = d[ds] + d[2 * ds];
+    r[2 * rs] = d[2 * ds] - d[ds]; r[3 * rs] = d[ds] - d[3 * ds];
+  } else {
+    const v16 d0 = d[0], d1 = d[ds], d2 = d[2 * ds], d3 = d[3 * ds], d4 = d[4 * ds], d5 = d[5 * ds];
+    const v16 s12 = d1 + d2, s34 = d3 + d4, m12 = d1 - d2, m43 = d4 - d3, m42 = d4 - d2,
+              m31 = d3 - d1;
+    r[0] = (d4 - 5.0f * d2) + 4.0f * d0;
+    r[rs] = s34 - 4.0f * s12;
+    r[2 * rs] = m43 + 4.0f * m12;
+    r[3 * rs] = m42 + 2.0f * m31;
+    r[4 * rs] = m42 - 2.0f * m31;
+    r[5 * rs] = (d5 - 5.0f * d3) + 4.0f * d1;
   }
 }
 
+// y = A^T m over a vectors into m outputs
 template <int M>
-inline void apply_at(const float* const* m, float* const* y) {
-#pragma omp simd
-  for (int l = 0; l < L; ++l) {
-    if constexpr (M == 2) {
-      const float m0 = m[0][l], m1 = m[1][l], m2 = m[2][l], m3 = m[3][l];
-      y[0][l] = m0 + m1 + m2; y[1][l] = m1 - m2 - m3;
-    } else {
-      const float m0 = m[0][l], m1 = m[1][l], m2 = m[2][l], m3 = m[3][l], m4 = m[4][l], m5 = m[5][l];
-      const float a = m1 + m2, b = m1 - m2, c = m3 + m4, e = m3 - m4;
-      y[0][l] = m0 + a + c; y[1][l] = b + 2.0f * e; y[2][l] = a + 4.0f * c; y[3][l] = b + 8.0f * e + m5;
-    }
+inline void apply_at(const v16* m, int ms, v16* y, int ys) {
+  if constexpr (M == 2) {
+    y[0] = m[0] + m[ms] + m[2 * ms]; y[ys] = m[ms] - m[2 * ms] - m[3 * ms];
+  } else {
+    const v16 a = m[ms] + m[2 * ms], b = m[ms] - m[2 * ms], c = m[3 * ms] + m[4 * ms],
+              e = m[3 * ms] - m[4 * ms];
+    y[0] = m[0] + a + c; y[ys] = b + 2.0f * e; y[2 * ys] = a + 4.0f * c; y[3 * ys] = b + 8.0f * e + m[5 * ms];
   }
 }
 
 // q = clamp(round_half_even(v * inv), -127, 127) (+ kShift) for 16 lanes, the first n stored.
-inline void quantize16(const float* v, const float* inv, vtype* dst, int64_t n) {
+inline void quantize16(v16 v, const float* inv, vtype* dst, int64_t n) {
 #if SF_VNNI
-  __m512 r = _mm512_roundscale_ps(_mm512_mul_ps(_mm512_loadu_ps(v), _mm512_loadu_ps(inv)),
-                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_mul_ps(static_cast<__m512>(v), _mm512_loadu_ps(inv));
   r = _mm512_min_ps(_mm512_set1_ps(127.0f), _mm512_max_ps(_mm512_set1_ps(-127.0f), r));
-  const __m512i q = _mm512_add_epi32(_mm512_cvtps_epi32(r), _mm512_set1_epi32(kShift));
-  _mm_mask_storeu_epi8(dst, static_cast<__mmask16>((1u << n) - 1), _mm512_cvtepi32_epi8(q));
+  const __m512i q = _mm512_cvt_roundps_epi32(r, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  // -127..127 as int8, then + 128 as uint8 (flipping the sign bit)
+  const __m128i u = _mm_xor_si128(_mm512_cvtepi32_epi8(q), _mm_set1_epi8(static_cast<char>(0x80)));
+  if (n == L)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), u);
+  else
+    _mm_mask_storeu_epi8(dst, static_cast<__mmask16>((1u << n) - 1), u);
 #elif defined(__AVX2__)
+  alignas(64) float vf[L];
+  std::memcpy(vf, &v, sizeof v);
   __m256i q[2];
   for (int h = 0; h < 2; ++h) {
-    __m256 r = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(v + 8 * h), _mm256_loadu_ps(inv + 8 * h)),
+    __m256 r = _mm256_round_ps(_mm256_mul_ps(_mm256_load_ps(vf + 8 * h), _mm256_loadu_ps(inv + 8 * h)),
                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     r = _mm256_min_ps(_mm256_set1_ps(127.0f), _mm256_max_ps(_mm256_set1_ps(-127.0f), r));
     q[h] = _mm256_cvtps_epi32(r);
@@ -146,8 +160,25 @@ inline void quantize16(const float* v, const float* inv, vtype* dst, int64_t n) 
 #endif
 }
 
-// Phase 1 for tiles [p0, p1): V (a*a, rows, Cv) quantized (rows >= p1 - p0); 16 channels gathered from x
-// (channels last: 16 consecutive floats) per step, so every transform step is a 16-lane vector op.
+// 16 channels of pixel (yy, xx) of x (channels last), zero outside the image or past C.
+inline v16 pixel16(const Problem& s, const float* x, int64_t n, int64_t yy, int64_t xx,
+                   int64_t c0, int64_t cl) {
+  const bool inside = yy >= 0 && yy < s.H && xx >= 0 && xx < s.W;
+  const float* src = x + ((n * s.H + yy) * s.W + xx) * s.C + c0;  // NHWC: 16 floats
+  if (inside && cl == L) return load16(src);
+#if SF_VNNI
+  const __mmask16 lanes = inside ? static_cast<__mmask16>((1u << cl) - 1) : 0;
+  return static_cast<v16>(_mm512_maskz_loadu_ps(lanes, inside ? src : x));
+#else
+  v16 v = {};
+  if (inside)
+    for (int l = 0; l < cl; ++l) v[l] = src[l];
+  return v;
+#endif
+}
+
+// Phase 1 for tiles [p0, p1): V (a*a, rows, Cv) quantized (rows >= p1 - p0); 16 channels of a
+// pixel are one vector, so every transform step is a 16-lane vector op on registers.
 template <int M>
 void input_tiles(const Problem& s, const float* x, const float* inv, vtype* V, int64_t p0,
                  int64_t p1, int64_t rows) {
@@ -158,110 +189,114 @@ void input_tiles(const Problem& s, const float* x, const float* inv, vtype* V, i
     for (int64_t c0 = 0; c0 < s.Cs; c0 += L) {
       const int64_t cl = std::max<int64_t>(0, std::min<int64_t>(L, s.C - c0));  // real channels
       const int64_t cn = std::min<int64_t>(L, s.Cs - c0);                        // stored channels
-      alignas(64) float d[A][A][L];
-      for (int i = 0; i < A; ++i)
-        for (int j = 0; j < A; ++j) {
-          const int64_t yy = y0 + i, xx = x0 + j;
-          const bool inside = yy >= 0 && yy < s.H && xx >= 0 && xx < s.W;
-          const float* src = x + ((n * s.H + yy) * s.W + xx) * s.C + c0;  // NHWC: 16 floats
-#if SF_VNNI  // one masked zmm load and store (a piecewise copy stalls the zmm reads after it)
-          const __mmask16 lanes = inside ? static_cast<__mmask16>((1u << cl) - 1) : 0;
-          _mm512_store_ps(d[i][j], _mm512_maskz_loadu_ps(lanes, inside ? src : x));
-#else
-          if (inside && cl == L) {
-            for (int l = 0; l < L; ++l) d[i][j][l] = src[l];
-          } else {
-            for (int l = 0; l < L; ++l) d[i][j][l] = (inside && l < cl) ? src[l] : 0.0f;
-          }
-#endif
-        }
-      alignas(64) float t[A][A][L], v[A][A][L];
-      for (int j = 0; j < A; ++j) {  // t = B^T d, column j
-        const float* din[A];
-        float* tout[A];
-        for (int q = 0; q < A; ++q) din[q] = d[q][j], tout[q] = t[q][j];
-        apply_bt<M>(din, tout);
+      v16 d[A][A], t[A][A];
+      SF_UNROLL
+      for (int i = 0; i < A; ++i) {
+        SF_UNROLL
+        for (int j = 0; j < A; ++j) d[i][j] = pixel16(s, x, n, y0 + i, x0 + j, c0, cl);
       }
-      for (int i = 0; i < A; ++i) {  // v = t B, row i: apply B^T to the row
-        const float* tin[A];
-        float* vout[A];
-        for (int q = 0; q < A; ++q) tin[q] = t[i][q], vout[q] = v[i][q];
-        apply_bt<M>(tin, vout);
-      }
-      for (int i = 0; i < A; ++i)
+      SF_UNROLL
+      for (int j = 0; j < A; ++j) apply_bt<M>(&d[0][j], A, &t[0][j], A);  // t = B^T d
+      SF_UNROLL
+      for (int i = 0; i < A; ++i) {  // v = t B: B^T applied to each row of t
+        v16 v[A];
+        apply_bt<M>(&t[i][0], 1, v, 1);
+        SF_UNROLL
         for (int j = 0; j < A; ++j) {
           const int xi = i * A + j;
-          const float* iv = inv + xi * (s.Cs + L) + c0;  // rows padded to Cs + L
-          vtype* dst = V + (xi * rows + p - p0) * s.Cv + c0;
-          quantize16(v[i][j], iv, dst, cn);
+          quantize16(v[j], inv + xi * (s.Cs + L) + c0,  // inv rows padded to Cs + L
+                     V + (xi * rows + p - p0) * s.Cv + c0, cn);
         }
+      }
     }
   }
 }
 
 // Phase 2 micro-kernels: acc rows [p, p + PT) x out channels [k0, k0 + 16 * NK) of one
-// position. V: row p of that position; U: (Cb, Kp, 4) of that position, at column k0.
+// position. V: row p of that position; U: (Cb, Kp, 4) of that position, at column k0; init:
+// what the accumulators start from at column k0 (the VNNI kernel's -kShift * u_sum, so the
+// products need no correction afterwards; the others start from zero).
 #if SF_VNNI
 template <int PT, int NK>
-void micro(const vtype* V, int64_t Cs, const int8_t* U, int64_t Kp, int32_t* acc, int64_t ld) {
+void micro(const vtype* V, int64_t Cs, const int8_t* U, int64_t Kp, const int32_t* init,
+           int32_t* acc, int64_t ld) {
   __m512i c[PT][NK];
+  SF_UNROLL
   for (int t = 0; t < PT; ++t)
-    for (int j = 0; j < NK; ++j) c[t][j] = _mm512_setzero_si512();
+    SF_UNROLL
+    for (int j = 0; j < NK; ++j) c[t][j] = _mm512_loadu_si512(init + 16 * j);
   const int64_t Cb = Cs / 4;
   for (int64_t cb = 0; cb < Cb; ++cb) {
     __m512i u[NK];
+    SF_UNROLL
     for (int j = 0; j < NK; ++j) u[j] = _mm512_loadu_si512(U + (cb * Kp + 16 * j) * 4);
+    SF_UNROLL
     for (int t = 0; t < PT; ++t) {
       int32_t quad;
       std::memcpy(&quad, V + t * Cs + cb * 4, 4);
       const __m512i v = _mm512_set1_epi32(quad);
+      SF_UNROLL
       for (int j = 0; j < NK; ++j) c[t][j] = _mm512_dpbusd_epi32(c[t][j], v, u[j]);
     }
   }
+  SF_UNROLL
   for (int t = 0; t < PT; ++t)
+    SF_UNROLL
     for (int j = 0; j < NK; ++j) _mm512_storeu_si512(acc + t * ld + 16 * j, c[t][j]);
 }
 constexpr int kPT = 6, kNK = 4;  // 24 zmm accumulators + 4 U rows + 1 broadcast
 #elif defined(__AVX2__)
 template <int PT, int NK>
-void micro(const vtype* V, int64_t Cs, const int8_t* U, int64_t Kp, int32_t* acc, int64_t ld) {
+void micro(const vtype* V, int64_t Cs, const int8_t* U, int64_t Kp, const int32_t* /*init*/,
+           int32_t* acc, int64_t ld) {
   // per 4 out channels: 16 int8 (4 k x 4 c) widened to int16; madd with (v0 v1 v2 v3) x 4 gives
   // lanes [k:c01, k:c23] for the 4 k, summed pairwise when stored.
   __m256i c[PT][4 * NK];
+  SF_UNROLL
   for (int t = 0; t < PT; ++t)
+    SF_UNROLL
     for (int j = 0; j < 4 * NK; ++j) c[t][j] = _mm256_setzero_si256();
   const int64_t Cb = Cs / 4;
   for (int64_t cb = 0; cb < Cb; ++cb) {
     __m256i u[4 * NK];
+    SF_UNROLL
     for (int j = 0; j < 4 * NK; ++j)
       u[j] = _mm256_cvtepi8_epi16(
           _mm_loadu_si128(reinterpret_cast<const __m128i*>(U + (cb * Kp + 4 * j) * 4)));
+    SF_UNROLL
     for (int t = 0; t < PT; ++t) {
       int64_t quad;
       std::memcpy(&quad, V + t * Cs + cb * 4, 8);
       const __m256i v = _mm256_set1_epi64x(quad);
+      SF_UNROLL
       for (int j = 0; j < 4 * NK; ++j) c[t][j] = _mm256_add_epi32(c[t][j], _mm256_madd_epi16(v, u[j]));
     }
   }
+  SF_UNROLL
   for (int t = 0; t < PT; ++t)
+    SF_UNROLL
     for (int j = 0; j < 4 * NK; ++j) {
       alignas(32) int32_t l[8];
       _mm256_store_si256(reinterpret_cast<__m256i*>(l), c[t][j]);
+      SF_UNROLL
       for (int q = 0; q < 4; ++q) acc[t * ld + 4 * j + q] = l[2 * q] + l[2 * q + 1];
     }
 }
 constexpr int kPT = 2, kNK = 1;  // 8 ymm accumulators + 4 U rows + 1 broadcast
 #else
 template <int PT, int NK>
-void micro(const vtype* V, int64_t Cs, const int8_t* U, int64_t Kp, int32_t* acc, int64_t ld) {
+void micro(const vtype* V, int64_t Cs, const int8_t* U, int64_t Kp, const int32_t* /*init*/,
+           int32_t* acc, int64_t ld) {
   int32_t c[PT][16 * NK] = {};
   for (int64_t ch = 0; ch < Cs; ++ch) {
     const int8_t* u = U + (ch / 4) * Kp * 4 + ch % 4;
+    SF_UNROLL
     for (int t = 0; t < PT; ++t) {
       const int32_t v = V[t * Cs + ch];
       for (int k = 0; k < 16 * NK; ++k) c[t][k] += v * static_cast<int32_t>(u[k * 4]);
     }
   }
+  SF_UNROLL
   for (int t = 0; t < PT; ++t)
     for (int k = 0; k < 16 * NK; ++k) acc[t * ld + k] = c[t][k];
 }
@@ -269,26 +304,26 @@ constexpr int kPT = 4, kNK = 1;
 #endif
 
 template <int PT>
-void micro_k(const vtype* V, int64_t Cs, const int8_t* U, int64_t Kp, int32_t* acc, int64_t ld,
-             int64_t nk) {
+void micro_k(const vtype* V, int64_t Cs, const int8_t* U, int64_t Kp, const int32_t* init,
+             int32_t* acc, int64_t ld, int64_t nk) {
   switch (nk) {  // out-channel blocks of 16 left in this block (at most kNK)
-    case 1: return micro<PT, 1>(V, Cs, U, Kp, acc, ld);
+    case 1: return micro<PT, 1>(V, Cs, U, Kp, init, acc, ld);
 #if SF_VNNI
-    case 2: return micro<PT, 2>(V, Cs, U, Kp, acc, ld);
-    case 3: return micro<PT, 3>(V, Cs, U, Kp, acc, ld);
-    case 4: return micro<PT, 4>(V, Cs, U, Kp, acc, ld);
+    case 2: return micro<PT, 2>(V, Cs, U, Kp, init, acc, ld);
+    case 3: return micro<PT, 3>(V, Cs, U, Kp, init, acc, ld);
+    case 4: return micro<PT, 4>(V, Cs, U, Kp, init, acc, ld);
 #endif
     default: TORCH_CHECK(false, "internal: bad out-channel block");
   }
 }
 
 template <int PT>
-void rows(const vtype* V, int64_t Cs, const int8_t* U, int64_t Kp, int32_t* acc, int64_t ld,
-          int64_t pt, int64_t nk) {
+void rows(const vtype* V, int64_t Cs, const int8_t* U, int64_t Kp, const int32_t* init,
+          int32_t* acc, int64_t ld, int64_t pt, int64_t nk) {
   if constexpr (PT > 1) {
-    if (pt < PT) return rows<PT - 1>(V, Cs, U, Kp, acc, ld, pt, nk);
+    if (pt < PT) return rows<PT - 1>(V, Cs, U, Kp, init, acc, ld, pt, nk);
   }
-  micro_k<PT>(V, Cs, U, Kp, acc, ld, nk);
+  micro_k<PT>(V, Cs, U, Kp, init, acc, ld, nk);
 }
 
 // Phase 2 for one block of nt tiles (nrows rows per position in the buffers) and out channels
@@ -320,7 +355,8 @@ void amx_begin() {
 }
 
 void gemm_block(const Problem& s, int A2, const vtype* V, int64_t nrows, int64_t /*nt*/,
-                const int8_t* U, int32_t* acc, int64_t k0, int64_t k1) {
+                const int8_t* U, const int32_t* /*init: output_tiles corrects*/, int32_t* acc,
+                int64_t k0, int64_t k1) {
   const int64_t kc = k1 - k0, steps = s.Cv / 64, bs = s.Kp * 4, ldc = A2 * kc;
   for (int xi = 0; xi < A2; ++xi) {
     const vtype* Vx = V + xi * nrows * s.Cv;
@@ -361,7 +397,7 @@ void gemm_block(const Problem& s, int A2, const vtype* V, int64_t nrows, int64_t
 constexpr int64_t kRowStep = kPT;
 
 void gemm_block(const Problem& s, int A2, const vtype* V, int64_t nrows, int64_t nt,
-                const int8_t* U, int32_t* acc, int64_t k0, int64_t k1) {
+                const int8_t* U, const int32_t* init, int32_t* acc, int64_t k0, int64_t k1) {
   const int64_t kc = k1 - k0, ldc = A2 * kc;
   for (int xi = 0; xi < A2; ++xi) {
     const vtype* Vx = V + xi * nrows * s.Cv;
@@ -371,7 +407,8 @@ void gemm_block(const Problem& s, int A2, const vtype* V, int64_t nrows, int64_t
       const int8_t* Ux = U + xi * s.Cs * s.Kp + k * 4;
       for (int64_t p = 0; p < nt; p += kPT) {
         const int64_t pt = std::min<int64_t>(kPT, nt - p);
-        rows<kPT>(Vx + p * s.Cv, s.Cs, Ux, s.Kp, accx + p * ldc + (k - k0), ldc, pt, nk);
+        rows<kPT>(Vx + p * s.Cv, s.Cs, Ux, s.Kp, init + xi * s.Kp + k, accx + p * ldc + (k - k0),
+                  ldc, pt, nk);
       }
     }
   }
@@ -382,7 +419,8 @@ void gemm_block(const Problem& s, int A2, const vtype* V, int64_t nrows, int64_t
 int64_t block_rows(int64_t nt) { return (nt + kRowStep - 1) / kRowStep * kRowStep; }
 
 // Phase 3 for tiles [p0, p1) and out channels [kb, k1): dequantize, Y = A^T M A, bias, relu
-// (16 out channels per vector step), stored channels last. acc is the block's (rows, a*a, k1 - kb).
+// (16 out channels per vector step), stored channels last. acc is the block's (rows, a*a, k1 - kb);
+// only the AMX GEMM leaves the +kShift correction (kShift * u_sum) to this step.
 template <int M>
 void output_tiles(const Problem& s, const int32_t* acc, const int32_t* u_sum, const float* oscale,
                   const float* bias, bool relu, float* out, int64_t p0, int64_t p1, int64_t kb,
@@ -393,48 +431,49 @@ void output_tiles(const Problem& s, const int32_t* acc, const int32_t* u_sum, co
     const int64_t n = p / (s.th * s.tw), ty = (p / s.tw) % s.th, tx = p % s.tw;
     for (int64_t k0 = kb; k0 < std::min(s.K, k1); k0 += L) {
       const int64_t kn = std::min<int64_t>(L, s.K - k0);
-      alignas(64) float m[A][A][L];
+      v16 m[A][A], t[M][A];
+      SF_UNROLL
       for (int xi = 0; xi < A * A; ++xi) {
         // k1 is a multiple of 16, so k0 + 16 <= k1: always readable
-        const int32_t* a = acc + ((p - p0) * A * A + xi) * kc + (k0 - kb);
-        const int32_t* us = u_sum + xi * s.Kp + k0;
-        const float* sc = oscale + xi * s.Kp + k0;
-        for (int l = 0; l < L; ++l)
-          m[xi / A][xi % A][l] = static_cast<float>(a[l] - kShift * us[l]) * sc[l];
+        v16i a;
+        std::memcpy(&a, acc + ((p - p0) * A * A + xi) * kc + (k0 - kb), sizeof a);
+        if constexpr (SF_AMX) {
+          v16i us;
+          std::memcpy(&us, u_sum + xi * s.Kp + k0, sizeof us);
+          a -= kShift * us;
+        }
+        m[xi / A][xi % A] = __builtin_convertvector(a, v16) * load16(oscale + xi * s.Kp + k0);
       }
-      alignas(64) float t[M][A][L], y[M][M][L];
-      for (int j = 0; j < A; ++j) {  // t = A^T m, column j
-        const float* min_[A];
-        float* tout[M];
-        for (int q = 0; q < A; ++q) min_[q] = m[q][j];
-        for (int i = 0; i < M; ++i) tout[i] = t[i][j];
-        apply_at<M>(min_, tout);
+      SF_UNROLL
+      for (int j = 0; j < A; ++j) apply_at<M>(&m[0][j], A, &t[0][j], A);  // t = A^T m
+      v16 b = {};
+      if (bias) {
+        float bl[L];
+        for (int l = 0; l < L; ++l) bl[l] = bias[std::min<int64_t>(k0 + l, s.K - 1)];
+        b = load16(bl);
       }
-      for (int i = 0; i < M; ++i) {  // y = t A, row i
-        const float* tin[A];
-        float* yout[M];
-        for (int q = 0; q < A; ++q) tin[q] = t[i][q];
-        for (int j = 0; j < M; ++j) yout[j] = y[i][j];
-        apply_at<M>(tin, yout);
-      }
-      float b[L];
-      for (int l = 0; l < L; ++l) b[l] = bias ? bias[std::min<int64_t>(k0 + l, s.K - 1)] : 0.0f;
-      for (int i = 0; i < M; ++i) {
+      SF_UNROLL
+      for (int i = 0; i < M; ++i) {  // y = t A: A^T applied to each row of t
+        v16 y[M];
+        apply_at<M>(&t[i][0], 1, y, 1);
         const int64_t yy = ty * M + i;
         if (yy >= s.Ho) break;
+        SF_UNROLL
         for (int j = 0; j < M; ++j) {
           const int64_t xx = tx * M + j;
           if (xx >= s.Wo) break;
-          alignas(64) float v[L];
-          for (int l = 0; l < L; ++l) v[l] = y[i][j][l] + b[l];
-          if (relu)
-            for (int l = 0; l < L; ++l) v[l] = std::max(v[l], 0.0f);
+          v16 v = y[j] + b;
+          if (relu) v = v < 0.0f ? v16{} : v;  // NaN stays NaN, as torch.relu
           float* o = out + ((n * s.Ho + yy) * s.Wo + xx) * s.K + k0;  // NHWC: 16 floats
+          if (kn == L) {
+            std::memcpy(o, &v, sizeof v);
+          } else {
 #if SF_VNNI
-          _mm512_mask_storeu_ps(o, static_cast<__mmask16>((1u << kn) - 1), _mm512_loadu_ps(v));
+            _mm512_mask_storeu_ps(o, static_cast<__mmask16>((1u << kn) - 1), static_cast<__m512>(v));
 #else
-          for (int64_t l = 0; l < kn; ++l) o[l] = v[l];
+            for (int64_t l = 0; l < kn; ++l) o[l] = v[l];
 #endif
+          }
         }
       }
     }
@@ -485,6 +524,7 @@ at::Tensor run(const Problem& s, const at::Tensor& x, const at::Tensor& up, cons
   constexpr int A2 = (M + 2) * (M + 2);
   const at::Tensor inv = padded(vs.reciprocal(), s.Cs + L);  // fp32 1 / scale, as the reference
   const at::Tensor usp = padded(us, s.Kp), osp = padded(os, s.Kp);
+  const at::Tensor init = usp * -kShift;  // the GEMM's accumulator start (micro)
   at::Tensor out = at::empty({s.N, s.K, s.Ho, s.Wo}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   const float* bp = b.defined() ? b.data_ptr<float>() : nullptr;
   const auto [tiles, kc] = plan_jobs(s, A2);
@@ -508,7 +548,7 @@ at::Tensor run(const Problem& s, const at::Tensor& x, const at::Tensor& up, cons
         input_tiles<M>(s, x.data_ptr<float>(), inv.data_ptr<float>(), V.data(), p0, p1, rows);
         have = blk;
       }
-      gemm_block(s, A2, V.data(), rows, p1 - p0, u, acc.data(), k0, k1);
+      gemm_block(s, A2, V.data(), rows, p1 - p0, u, init.data_ptr<int32_t>(), acc.data(), k0, k1);
       output_tiles<M>(s, acc.data(), usp.data_ptr<int32_t>(), osp.data_ptr<float>(), bp, relu,
                       out.data_ptr<float>(), p0, p1, k0, k1);
     }
