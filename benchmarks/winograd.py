@@ -1,7 +1,9 @@
 """LANCE int8 Winograd 3x3 conv on CPU: speed and accuracy.
 
 Speed: ResNet-18 / VGG 3x3 layer shapes (C = K = 64 @ 56, 128 @ 28, 256 @ 14, 512 @ 7; VGG
-64 @ 224 with --vgg), batch 1 and 8, one interleaved loop per row (median): fp32 F.conv2d
+64 @ 224 with --vgg), batch 1 and 8, input NCHW and channels last (every implementation gets
+the same input; inside a network ours leaves channels last for the next layer), one interleaved
+loop per row (median): fp32 F.conv2d
 (oneDNN), int8 direct conv through PT2E + X86InductorQuantizer (quant/deploy.py `to_int8`),
 fbgemm's eager quantized conv, and ours F(2,3) and F(4,3) (`sparseforge::winograd_int8_conv2d`,
 best ISA variant). Ratios vs fp32 and vs the best int8 peer, beside the targets (1.3x over the
@@ -66,12 +68,16 @@ def fbgemm_conv(conv: nn.Conv2d, calib: torch.Tensor) -> nn.Module | str:
         return f"fbgemm unavailable: {type(e).__name__}: {e}"
 
 
-def speed_row(c: int, hw: int, batch: int, rounds: int, repeats: int, pt2e: bool) -> dict:
+def speed_row(c: int, hw: int, batch: int, layout: str, rounds: int, repeats: int, pt2e: bool) -> dict:
+    """One layer shape, every implementation fed the same input in `layout` ("nchw", or
+    "channels_last" as inside a network whose previous layer leaves channels last)."""
     torch.manual_seed(0)
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     conv = nn.Conv2d(c, c, 3, padding=1).eval()
     x = torch.randn(batch, c, hw, hw)
-    calib = [torch.relu(torch.randn(max(2, batch), c, hw, hw)) for _ in range(2)]
-    x = torch.relu(x)  # post-ReLU activations, as in the networks
+    calib = [torch.relu(torch.randn(max(2, batch), c, hw, hw)).contiguous(memory_format=fmt)
+             for _ in range(2)]
+    x = torch.relu(x).contiguous(memory_format=fmt)  # post-ReLU activations, as in the networks
     fns: dict[str, nn.Module] = {"fp32": conv}
     if pt2e:
         fns["int8_pt2e"] = to_int8(nn.Sequential(conv), calib)
@@ -90,7 +96,7 @@ def speed_row(c: int, hw: int, batch: int, rounds: int, repeats: int, pt2e: bool
             if err > 0.1:
                 print(f"  warning: {k} relative error {err:.3f}")
         t = interleaved(calls, rounds=rounds, repeats=repeats)
-    row: dict[str, object] = {"C": c, "HW": hw, "batch": batch}
+    row: dict[str, object] = {"C": c, "HW": hw, "batch": batch, "layout": layout}
     row.update({f"{k}_ms": v.median_ms for k, v in t.items()})
     peers = [k for k in t if k.startswith("int8_")]
     best_peer = min(peers, key=lambda k: t[k].median_s) if peers else None
@@ -105,7 +111,7 @@ def speed_row(c: int, hw: int, batch: int, rounds: int, repeats: int, pt2e: bool
 
 def print_speed(row: dict) -> None:
     cells = "  ".join(f"{k[:-3]} {row[k]:.3f}" for k in row if k.endswith("_ms"))
-    print(f"C={row['C']} {row['HW']}x{row['HW']} b{row['batch']} (ms): {cells}")
+    print(f"C={row['C']} {row['HW']}x{row['HW']} b{row['batch']} {row['layout']} (ms): {cells}")
     for tile in (2, 4):
         fp = row[f"f{tile}_x_fp32"]
         line = f"    F({tile},3): {fp:.2f}x fp32 (target {TARGET_VS_FP32}x: {fp / TARGET_VS_FP32:.0%})"
@@ -173,6 +179,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="smoke: one shape, batch 1, 500 images")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     ap.add_argument("--vgg", action="store_true", help="also VGG's 64 @ 224 layer (slow)")
+    ap.add_argument("--layouts", default="nchw,channels_last",
+                    help="input memory layouts to time, comma-separated (nchw, channels_last)")
     ap.add_argument("--no-pt2e", action="store_true", help="skip the PT2E peer (compiles per row)")
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-accuracy", action="store_true")
@@ -191,8 +199,11 @@ def main() -> None:
         batches = (1,) if args.quick else (1, 8)
         rounds, repeats = (2, 3) if args.quick else (5, 10)
         rows = []
-        for (c, hw), batch in itertools.product(shapes, batches):
-            rows.append(speed_row(c, hw, batch, rounds, repeats, pt2e=not args.no_pt2e))
+        layouts = args.layouts.split(",")
+        if unknown := set(layouts) - {"nchw", "channels_last"}:
+            ap.error(f"--layouts: unknown {sorted(unknown)}; use nchw and/or channels_last")
+        for layout, (c, hw), batch in itertools.product(layouts, shapes, batches):
+            rows.append(speed_row(c, hw, batch, layout, rounds, repeats, pt2e=not args.no_pt2e))
             print_speed(rows[-1])
         path = write_csv([{**r, "machine": info["cpu_model"]} for r in rows], args.out / "winograd_speed.csv")
         print(f"wrote {path}")

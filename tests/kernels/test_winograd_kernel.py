@@ -85,6 +85,20 @@ def test_kernel_many_tile_blocks_and_channel_chunks(variant, n, h, k):
         assert_int_exact(winograd_ops.cpu_kernel(variant)(*args, tile, [1, 1], True), ref)
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("c, h, w", [(70, 13, 10), (16, 4, 4), (3, 9, 1)])
+def test_kernel_takes_nchw_channels_last_and_strided_inputs_alike(variant, c, h, w):
+    # the VNNI variant transposes an NCHW input itself (16 x 16 blocks: C = 70 and H * W = 130
+    # leave partial blocks); a channels-last input is read in place; W = 1 is the degenerate
+    # case where a tensor can be both
+    args = quantized_args(2, c, 21, h, w, 4, [1, 1], seed=2)
+    ref = winograd_int8_reference(*args, 4, [1, 1], False)
+    x, rest = args[0], args[1:]
+    kernel = winograd_ops.cpu_kernel(variant)
+    for xin in (x, x.contiguous(memory_format=torch.channels_last), x.transpose(2, 3).contiguous().transpose(2, 3)):
+        assert_int_exact(kernel(xin, *rest, 4, [1, 1], False), ref)
+
+
 def test_variants_agree():
     # same int32 accumulators; the fp32 epilogue may differ by FMA contraction (avx2 / avx512
     # builds fuse multiply-adds, generic does not), so up to the int-exact tolerance
