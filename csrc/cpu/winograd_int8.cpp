@@ -7,7 +7,7 @@
 //   2. one int8 GEMM per transform position with int32 accumulation over channels,
 //      acc[tile][pos] (kc) = V[pos] (tiles, Cs) x U[pos] (Cs, kc) (AMX tiles or registers);
 //   3. per tile: M = acc * out_scale[pos][k], Y = A^T M A, + bias, relu.
-// Input and output are channels last (NHWC memory, NCHW shape): 16 channels of a pixel are one
+// Input and output are channels last (NHWC memory, NCHW shape): L channels of a pixel are one
 // vector load or store; an NCHW input is converted once on entry (AVX-512: our own 16 x 16
 // register transposes, to_channels_last).
 // U arrives packed (a*a, Cs/4, Kp, 4) int8 (quant/winograd.py pack_weights): 16 out channels x
@@ -73,16 +73,18 @@ struct Problem {
   int64_t N, C, H, W, K, ph, pw, Ho, Wo, th, tw, P, Cs, Kp, Cv, xs;
 };
 
-constexpr int L = 16;  // channels per step of the transforms: one v16 (a zmm on AVX-512, two
-                       // ymm on AVX2, four xmm on the generic build)
-typedef float v16 __attribute__((vector_size(64)));
-typedef int32_t v16i __attribute__((vector_size(64)));
+// Channels per step of the transforms: one native vector of fp32 (a zmm; on AVX2 a ymm; two
+// xmm on the generic build). Wider GCC vectors than the registers spill: 16-lane vectors
+// made the AVX2 variant 1.1-1.7x slower.
+constexpr int L = SF_VNNI ? 16 : 8;
+typedef float vecf __attribute__((vector_size(4 * L)));
+typedef int32_t veci __attribute__((vector_size(4 * L)));
 
 #define SF_UNROLL _Pragma("GCC unroll 36")  // register arrays: GCC keeps them in registers
                                             // only when every loop over them is unrolled
 
-inline v16 load16(const float* p) {
-  v16 v;
+inline vecf loadv(const float* p) {
+  vecf v;
   std::memcpy(&v, p, sizeof v);
   return v;
 }
@@ -91,13 +93,13 @@ inline v16 load16(const float* p) {
 // output is 2-3 adds/FMAs). Exact in fp32 for the test inputs (quarter integers), so the
 // summation order is free.
 template <int M>
-inline void apply_bt(const v16* d, int ds, v16* r, int rs) {
+inline void apply_bt(const vecf* d, int ds, vecf* r, int rs) {
   if constexpr (M == 2) {
     r[0] = d[0] - d[2 * ds]; r[rs] = d[ds] + d[2 * ds];
     r[2 * rs] = d[2 * ds] - d[ds]; r[3 * rs] = d[ds] - d[3 * ds];
   } else {
-    const v16 d0 = d[0], d1 = d[ds], d2 = d[2 * ds], d3 = d[3 * ds], d4 = d[4 * ds], d5 = d[5 * ds];
-    const v16 s12 = d1 + d2, s34 = d3 + d4, m12 = d1 - d2, m43 = d4 - d3, m42 = d4 - d2,
+    const vecf d0 = d[0], d1 = d[ds], d2 = d[2 * ds], d3 = d[3 * ds], d4 = d[4 * ds], d5 = d[5 * ds];
+    const vecf s12 = d1 + d2, s34 = d3 + d4, m12 = d1 - d2, m43 = d4 - d3, m42 = d4 - d2,
               m31 = d3 - d1;
     r[0] = (d4 - 5.0f * d2) + 4.0f * d0;
     r[rs] = s34 - 4.0f * s12;
@@ -110,18 +112,18 @@ inline void apply_bt(const v16* d, int ds, v16* r, int rs) {
 
 // y = A^T m over a vectors into m outputs
 template <int M>
-inline void apply_at(const v16* m, int ms, v16* y, int ys) {
+inline void apply_at(const vecf* m, int ms, vecf* y, int ys) {
   if constexpr (M == 2) {
     y[0] = m[0] + m[ms] + m[2 * ms]; y[ys] = m[ms] - m[2 * ms] - m[3 * ms];
   } else {
-    const v16 a = m[ms] + m[2 * ms], b = m[ms] - m[2 * ms], c = m[3 * ms] + m[4 * ms],
+    const vecf a = m[ms] + m[2 * ms], b = m[ms] - m[2 * ms], c = m[3 * ms] + m[4 * ms],
               e = m[3 * ms] - m[4 * ms];
     y[0] = m[0] + a + c; y[ys] = b + 2.0f * e; y[2 * ys] = a + 4.0f * c; y[3 * ys] = b + 8.0f * e + m[5 * ms];
   }
 }
 
-// q = clamp(round_half_even(v * inv), -127, 127) (+ kShift) for 16 lanes, the first n stored.
-inline void quantize16(v16 v, const float* inv, vtype* dst, int64_t n) {
+// q = clamp(round_half_even(v * inv), -127, 127) (+ kShift) for L lanes, the first n stored.
+inline void quantize(vecf v, const float* inv, vtype* dst, int64_t n) {
 #if SF_VNNI
   __m512 r = _mm512_mul_ps(static_cast<__m512>(v), _mm512_loadu_ps(inv));
   r = _mm512_min_ps(_mm512_set1_ps(127.0f), _mm512_max_ps(_mm512_set1_ps(-127.0f), r));
@@ -133,22 +135,17 @@ inline void quantize16(v16 v, const float* inv, vtype* dst, int64_t n) {
   else
     _mm_mask_storeu_epi8(dst, static_cast<__mmask16>((1u << n) - 1), u);
 #elif defined(__AVX2__)
-  alignas(64) float vf[L];
-  std::memcpy(vf, &v, sizeof v);
-  __m256i q[2];
-  for (int h = 0; h < 2; ++h) {
-    __m256 r = _mm256_round_ps(_mm256_mul_ps(_mm256_load_ps(vf + 8 * h), _mm256_loadu_ps(inv + 8 * h)),
-                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    r = _mm256_min_ps(_mm256_set1_ps(127.0f), _mm256_max_ps(_mm256_set1_ps(-127.0f), r));
-    q[h] = _mm256_cvtps_epi32(r);
-  }
-  // packs interleaves 128-bit lanes: (q0 lo, q1 lo, q0 hi, q1 hi) -> reorder the 64-bit quarters
-  const __m256i w = _mm256_permute4x64_epi64(_mm256_packs_epi32(q[0], q[1]), 0xD8);
+  __m256 r = _mm256_round_ps(_mm256_mul_ps(static_cast<__m256>(v), _mm256_loadu_ps(inv)),
+                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  r = _mm256_min_ps(_mm256_set1_ps(127.0f), _mm256_max_ps(_mm256_set1_ps(-127.0f), r));
+  const __m256i q = _mm256_cvtps_epi32(r);
+  // packs works per 128-bit lane: (q lo, q lo, q hi, q hi); the quarters 0 and 2 are the 8 int16
+  const __m128i w = _mm256_castsi256_si128(_mm256_permute4x64_epi64(_mm256_packs_epi32(q, q), 0xD8));
   if (n == L) {
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), w);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), w);
   } else {
-    alignas(32) int16_t tmp[L];
-    _mm256_store_si256(reinterpret_cast<__m256i*>(tmp), w);
+    alignas(16) int16_t tmp[L];
+    _mm_store_si128(reinterpret_cast<__m128i*>(tmp), w);
     std::memcpy(dst, tmp, n * sizeof(vtype));
   }
 #else
@@ -162,53 +159,71 @@ inline void quantize16(v16 v, const float* inv, vtype* dst, int64_t n) {
 #endif
 }
 
-// 16 channels of pixel (yy, xx) of x (channels last), zero outside the image or past C.
-inline v16 pixel16(const Problem& s, const float* x, int64_t n, int64_t yy, int64_t xx,
+// L channels of pixel (yy, xx) of x (channels last), zero outside the image or past C.
+inline vecf pixel(const Problem& s, const float* x, int64_t n, int64_t yy, int64_t xx,
                    int64_t c0, int64_t cl) {
   const bool inside = yy >= 0 && yy < s.H && xx >= 0 && xx < s.W;
-  const float* src = x + ((n * s.H + yy) * s.W + xx) * s.xs + c0;  // NHWC: 16 floats
-  if (inside && cl == L) return load16(src);
+  const float* src = x + ((n * s.H + yy) * s.W + xx) * s.xs + c0;  // NHWC: L floats
+  if (inside && cl == L) return loadv(src);
 #if SF_VNNI
   const __mmask16 lanes = inside ? static_cast<__mmask16>((1u << cl) - 1) : 0;
-  return static_cast<v16>(_mm512_maskz_loadu_ps(lanes, inside ? src : x));
+  return static_cast<vecf>(_mm512_maskz_loadu_ps(lanes, inside ? src : x));
 #else
-  v16 v = {};
+  vecf v = {};
   if (inside)
     for (int l = 0; l < cl; ++l) v[l] = src[l];
   return v;
 #endif
 }
 
-// Phase 1 for tiles [p0, p1): V (a*a, rows, Cv) quantized (rows >= p1 - p0); 16 channels of a
-// pixel are one vector, so every transform step is a 16-lane vector op on registers.
+// V of one tile and L channels: t = B^T d a column at a time as d is loaded (so d and t are
+// not live together: 36 vectors, not 72, against 32 registers), then v = t B a row at a time,
+// each row quantized and stored as it is made. load(i, j) gives d[i][j].
+template <int M, typename Load>
+inline void tile_transform(Load load, const float* inv, int64_t inv_ld, vtype* dst, int64_t dst_ld,
+                           int64_t cn) {
+  constexpr int A = M + 2;
+  vecf t[A][A];
+  SF_UNROLL
+  for (int j = 0; j < A; ++j) {
+    vecf d[A];
+    SF_UNROLL
+    for (int i = 0; i < A; ++i) d[i] = load(i, j);
+    apply_bt<M>(d, 1, &t[0][j], A);
+  }
+  SF_UNROLL
+  for (int i = 0; i < A; ++i) {
+    vecf v[A];
+    apply_bt<M>(&t[i][0], 1, v, 1);
+    SF_UNROLL
+    for (int j = 0; j < A; ++j) quantize(v[j], inv + (i * A + j) * inv_ld, dst + (i * A + j) * dst_ld, cn);
+  }
+}
+
+// Phase 1 for tiles [p0, p1): V (a*a, rows, Cv) quantized (rows >= p1 - p0); L channels of a
+// pixel are one vector, so every transform step is a 16-lane vector op on registers. Tiles
+// wholly inside the image with 16 real channels take plain loads; the rest mask.
 template <int M>
 void input_tiles(const Problem& s, const float* x, const float* inv, vtype* V, int64_t p0,
                  int64_t p1, int64_t rows) {
   constexpr int A = M + 2;
+  const int64_t inv_ld = s.Cs + L, dst_ld = rows * s.Cv;  // inv rows padded to Cs + L
   for (int64_t p = p0; p < p1; ++p) {
     const int64_t n = p / (s.th * s.tw), ty = (p / s.tw) % s.th, tx = p % s.tw;
     const int64_t y0 = ty * M - s.ph, x0 = tx * M - s.pw;
+    const bool interior = y0 >= 0 && y0 + A <= s.H && x0 >= 0 && x0 + A <= s.W;
+    const float* corner = interior ? x + ((n * s.H + y0) * s.W + x0) * s.xs : x;  // (y0, x0)
     for (int64_t c0 = 0; c0 < s.Cs; c0 += L) {
       const int64_t cl = std::max<int64_t>(0, std::min<int64_t>(L, s.C - c0));  // real channels
       const int64_t cn = std::min<int64_t>(L, s.Cs - c0);                        // stored channels
-      v16 d[A][A], t[A][A];
-      SF_UNROLL
-      for (int i = 0; i < A; ++i) {
-        SF_UNROLL
-        for (int j = 0; j < A; ++j) d[i][j] = pixel16(s, x, n, y0 + i, x0 + j, c0, cl);
-      }
-      SF_UNROLL
-      for (int j = 0; j < A; ++j) apply_bt<M>(&d[0][j], A, &t[0][j], A);  // t = B^T d
-      SF_UNROLL
-      for (int i = 0; i < A; ++i) {  // v = t B: B^T applied to each row of t
-        v16 v[A];
-        apply_bt<M>(&t[i][0], 1, v, 1);
-        SF_UNROLL
-        for (int j = 0; j < A; ++j) {
-          const int xi = i * A + j;
-          quantize16(v[j], inv + xi * (s.Cs + L) + c0,  // inv rows padded to Cs + L
-                     V + (xi * rows + p - p0) * s.Cv + c0, cn);
-        }
+      vtype* dst = V + (p - p0) * s.Cv + c0;
+      if (interior && cl == L) {
+        const float* base = corner + c0;
+        tile_transform<M>([&](int i, int j) { return loadv(base + (i * s.W + j) * s.xs); },
+                          inv + c0, inv_ld, dst, dst_ld, cn);
+      } else {
+        tile_transform<M>([&](int i, int j) { return pixel(s, x, n, y0 + i, x0 + j, c0, cl); },
+                          inv + c0, inv_ld, dst, dst_ld, cn);
       }
     }
   }
@@ -254,34 +269,26 @@ void micro(const vtype* V, int64_t Cs, const int8_t* U, int64_t Kp, const int32_
   // per 4 out channels: 16 int8 (4 k x 4 c) widened to int16; madd with (v0 v1 v2 v3) x 4 gives
   // lanes [k:c01, k:c23] for the 4 k, summed pairwise when stored.
   __m256i c[PT][4 * NK];
-  SF_UNROLL
   for (int t = 0; t < PT; ++t)
-    SF_UNROLL
-    for (int j = 0; j < 4 * NK; ++j) c[t][j] = _mm256_setzero_si256();
+      for (int j = 0; j < 4 * NK; ++j) c[t][j] = _mm256_setzero_si256();
   const int64_t Cb = Cs / 4;
   for (int64_t cb = 0; cb < Cb; ++cb) {
     __m256i u[4 * NK];
-    SF_UNROLL
-    for (int j = 0; j < 4 * NK; ++j)
+      for (int j = 0; j < 4 * NK; ++j)
       u[j] = _mm256_cvtepi8_epi16(
           _mm_loadu_si128(reinterpret_cast<const __m128i*>(U + (cb * Kp + 4 * j) * 4)));
-    SF_UNROLL
-    for (int t = 0; t < PT; ++t) {
+      for (int t = 0; t < PT; ++t) {
       int64_t quad;
       std::memcpy(&quad, V + t * Cs + cb * 4, 8);
       const __m256i v = _mm256_set1_epi64x(quad);
-      SF_UNROLL
-      for (int j = 0; j < 4 * NK; ++j) c[t][j] = _mm256_add_epi32(c[t][j], _mm256_madd_epi16(v, u[j]));
+          for (int j = 0; j < 4 * NK; ++j) c[t][j] = _mm256_add_epi32(c[t][j], _mm256_madd_epi16(v, u[j]));
     }
   }
-  SF_UNROLL
   for (int t = 0; t < PT; ++t)
-    SF_UNROLL
-    for (int j = 0; j < 4 * NK; ++j) {
+      for (int j = 0; j < 4 * NK; ++j) {
       alignas(32) int32_t l[8];
       _mm256_store_si256(reinterpret_cast<__m256i*>(l), c[t][j]);
-      SF_UNROLL
-      for (int q = 0; q < 4; ++q) acc[t * ld + 4 * j + q] = l[2 * q] + l[2 * q + 1];
+          for (int q = 0; q < 4; ++q) acc[t * ld + 4 * j + q] = l[2 * q] + l[2 * q + 1];
     }
 }
 constexpr int kPT = 2, kNK = 1;  // 8 ymm accumulators + 4 U rows + 1 broadcast
@@ -421,7 +428,7 @@ void gemm_block(const Problem& s, int A2, const vtype* V, int64_t nrows, int64_t
 int64_t block_rows(int64_t nt) { return (nt + kRowStep - 1) / kRowStep * kRowStep; }
 
 // Phase 3 for tiles [p0, p1) and out channels [kb, k1): dequantize, Y = A^T M A, bias, relu
-// (16 out channels per vector step), stored channels last. acc is the block's (rows, a*a, k1 - kb);
+// (L out channels per vector step), stored channels last. acc is the block's (rows, a*a, k1 - kb);
 // only the AMX GEMM leaves the +kShift correction (kShift * u_sum) to this step.
 template <int M>
 void output_tiles(const Problem& s, const int32_t* acc, const int32_t* u_sum, const float* oscale,
@@ -433,30 +440,30 @@ void output_tiles(const Problem& s, const int32_t* acc, const int32_t* u_sum, co
     const int64_t n = p / (s.th * s.tw), ty = (p / s.tw) % s.th, tx = p % s.tw;
     for (int64_t k0 = kb; k0 < std::min(s.K, k1); k0 += L) {
       const int64_t kn = std::min<int64_t>(L, s.K - k0);
-      v16 m[A][A], t[M][A];
+      vecf m[A][A], t[M][A];
       SF_UNROLL
       for (int xi = 0; xi < A * A; ++xi) {
         // k1 is a multiple of 16, so k0 + 16 <= k1: always readable
-        v16i a;
+        veci a;
         std::memcpy(&a, acc + ((p - p0) * A * A + xi) * kc + (k0 - kb), sizeof a);
         if constexpr (SF_AMX) {
-          v16i us;
+          veci us;
           std::memcpy(&us, u_sum + xi * s.Kp + k0, sizeof us);
           a -= kShift * us;
         }
-        m[xi / A][xi % A] = __builtin_convertvector(a, v16) * load16(oscale + xi * s.Kp + k0);
+        m[xi / A][xi % A] = __builtin_convertvector(a, vecf) * loadv(oscale + xi * s.Kp + k0);
       }
       SF_UNROLL
       for (int j = 0; j < A; ++j) apply_at<M>(&m[0][j], A, &t[0][j], A);  // t = A^T m
-      v16 b = {};
+      vecf b = {};
       if (bias) {
         float bl[L];
         for (int l = 0; l < L; ++l) bl[l] = bias[std::min<int64_t>(k0 + l, s.K - 1)];
-        b = load16(bl);
+        b = loadv(bl);
       }
       SF_UNROLL
       for (int i = 0; i < M; ++i) {  // y = t A: A^T applied to each row of t
-        v16 y[M];
+        vecf y[M];
         apply_at<M>(&t[i][0], 1, y, 1);
         const int64_t yy = ty * M + i;
         if (yy >= s.Ho) break;
@@ -464,9 +471,9 @@ void output_tiles(const Problem& s, const int32_t* acc, const int32_t* u_sum, co
         for (int j = 0; j < M; ++j) {
           const int64_t xx = tx * M + j;
           if (xx >= s.Wo) break;
-          v16 v = y[j] + b;
-          if (relu) v = v < 0.0f ? v16{} : v;  // NaN stays NaN, as torch.relu
-          float* o = out + ((n * s.Ho + yy) * s.Wo + xx) * s.K + k0;  // NHWC: 16 floats
+          vecf v = y[j] + b;
+          if (relu) v = v < 0.0f ? vecf{} : v;  // NaN stays NaN, as torch.relu
+          float* o = out + ((n * s.Ho + yy) * s.Wo + xx) * s.K + k0;  // NHWC: L floats
           if (kn == L) {
             std::memcpy(o, &v, sizeof v);
           } else {
