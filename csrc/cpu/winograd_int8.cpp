@@ -267,7 +267,8 @@ template <int PT, int NK>
 void micro(const vtype* V, int64_t Cs, const int8_t* U, int64_t Kp, const int32_t* /*init*/,
            int32_t* acc, int64_t ld) {
   // per 4 out channels: 16 int8 (4 k x 4 c) widened to int16; madd with (v0 v1 v2 v3) x 4 gives
-  // lanes [k:c01, k:c23] for the 4 k, summed pairwise when stored.
+  // lanes [k:c01, k:c23] for the 4 k, summed pairwise when stored. Loops left rolled: unrolled
+  // (SF_UNROLL), GCC ran out of the 16 ymm and carried an accumulator through the stack.
   __m256i c[PT][4 * NK];
   for (int t = 0; t < PT; ++t)
       for (int j = 0; j < 4 * NK; ++j) c[t][j] = _mm256_setzero_si256();
