@@ -201,8 +201,8 @@ inline void tile_transform(Load load, const float* inv, int64_t inv_ld, vtype* d
 }
 
 // Phase 1 for tiles [p0, p1): V (a*a, rows, Cv) quantized (rows >= p1 - p0); L channels of a
-// pixel are one vector, so every transform step is a 16-lane vector op on registers. Tiles
-// wholly inside the image with 16 real channels take plain loads; the rest mask.
+// pixel are one vector, so every transform step is an L-lane vector op on registers. Tiles
+// wholly inside the image with L real channels take plain loads; the rest mask.
 template <int M>
 void input_tiles(const Problem& s, const float* x, const float* inv, vtype* V, int64_t p0,
                  int64_t p1, int64_t rows) {
@@ -271,25 +271,25 @@ void micro(const vtype* V, int64_t Cs, const int8_t* U, int64_t Kp, const int32_
   // (SF_UNROLL), GCC ran out of the 16 ymm and carried an accumulator through the stack.
   __m256i c[PT][4 * NK];
   for (int t = 0; t < PT; ++t)
-      for (int j = 0; j < 4 * NK; ++j) c[t][j] = _mm256_setzero_si256();
+    for (int j = 0; j < 4 * NK; ++j) c[t][j] = _mm256_setzero_si256();
   const int64_t Cb = Cs / 4;
   for (int64_t cb = 0; cb < Cb; ++cb) {
     __m256i u[4 * NK];
-      for (int j = 0; j < 4 * NK; ++j)
+    for (int j = 0; j < 4 * NK; ++j)
       u[j] = _mm256_cvtepi8_epi16(
           _mm_loadu_si128(reinterpret_cast<const __m128i*>(U + (cb * Kp + 4 * j) * 4)));
-      for (int t = 0; t < PT; ++t) {
+    for (int t = 0; t < PT; ++t) {
       int64_t quad;
       std::memcpy(&quad, V + t * Cs + cb * 4, 8);
       const __m256i v = _mm256_set1_epi64x(quad);
-          for (int j = 0; j < 4 * NK; ++j) c[t][j] = _mm256_add_epi32(c[t][j], _mm256_madd_epi16(v, u[j]));
+      for (int j = 0; j < 4 * NK; ++j) c[t][j] = _mm256_add_epi32(c[t][j], _mm256_madd_epi16(v, u[j]));
     }
   }
   for (int t = 0; t < PT; ++t)
-      for (int j = 0; j < 4 * NK; ++j) {
+    for (int j = 0; j < 4 * NK; ++j) {
       alignas(32) int32_t l[8];
       _mm256_store_si256(reinterpret_cast<__m256i*>(l), c[t][j]);
-          for (int q = 0; q < 4; ++q) acc[t * ld + 4 * j + q] = l[2 * q] + l[2 * q + 1];
+      for (int q = 0; q < 4; ++q) acc[t * ld + 4 * j + q] = l[2 * q] + l[2 * q + 1];
     }
 }
 constexpr int kPT = 2, kNK = 1;  // 8 ymm accumulators + 4 U rows + 1 broadcast
@@ -300,13 +300,11 @@ void micro(const vtype* V, int64_t Cs, const int8_t* U, int64_t Kp, const int32_
   int32_t c[PT][16 * NK] = {};
   for (int64_t ch = 0; ch < Cs; ++ch) {
     const int8_t* u = U + (ch / 4) * Kp * 4 + ch % 4;
-    SF_UNROLL
     for (int t = 0; t < PT; ++t) {
       const int32_t v = V[t * Cs + ch];
       for (int k = 0; k < 16 * NK; ++k) c[t][k] += v * static_cast<int32_t>(u[k * 4]);
     }
   }
-  SF_UNROLL
   for (int t = 0; t < PT; ++t)
     for (int k = 0; k < 16 * NK; ++k) acc[t * ld + k] = c[t][k];
 }
