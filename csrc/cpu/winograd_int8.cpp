@@ -550,13 +550,31 @@ at::Tensor to_channels_last(const at::Tensor& x) {
 }
 #endif
 
-// u_sum, out_scale (a*a, K) and 1 / v_scale (a*a, C) zero-padded to Kp / Cs columns, so the
-// 16-lane loops never read past a row.
-at::Tensor padded(const at::Tensor& t, int64_t cols) {
-  if (t.size(1) == cols) return t.contiguous();
-  at::Tensor out = at::zeros({t.size(0), cols}, t.options());
-  out.narrow(1, 0, t.size(1)).copy_(t);
-  return out;
+// 1 / v_scale (a*a rows of Cs + L), and u_sum, out_scale and the GEMM's accumulator start
+// -kShift * u_sum (a*a rows of Kp), zero-padded so the L-lane loops never read past a row.
+// Plain loops: as ATen ops (reciprocal, zeros, narrow, copy, mul) they cost ~60 us a call,
+// which a whole ResNet-18 pays at each of its 13 Winograd layers.
+struct RowTables {
+  std::vector<float> inv, oscale;
+  std::vector<int32_t> u_sum, init;
+};
+
+RowTables row_tables(const Problem& s, int A2, const at::Tensor& vs, const at::Tensor& us,
+                     const at::Tensor& os) {
+  RowTables r{std::vector<float>(A2 * (s.Cs + L)), std::vector<float>(A2 * s.Kp),
+              std::vector<int32_t>(A2 * s.Kp), std::vector<int32_t>(A2 * s.Kp)};
+  const float* v = vs.data_ptr<float>();
+  const float* o = os.data_ptr<float>();
+  const int32_t* u = us.data_ptr<int32_t>();
+  for (int xi = 0; xi < A2; ++xi) {
+    for (int64_t c = 0; c < s.C; ++c) r.inv[xi * (s.Cs + L) + c] = 1.0f / v[xi * s.C + c];
+    for (int64_t k = 0; k < s.K; ++k) {
+      r.oscale[xi * s.Kp + k] = o[xi * s.K + k];
+      r.u_sum[xi * s.Kp + k] = u[xi * s.K + k];
+      r.init[xi * s.Kp + k] = -kShift * u[xi * s.K + k];
+    }
+  }
+  return r;
 }
 
 // Jobs: (block of tiles, chunk of out channels); each thread transforms its block's input
@@ -592,15 +610,15 @@ template <int M>
 at::Tensor run(const Problem& s, const at::Tensor& x, const at::Tensor& up, const at::Tensor& us,
                const at::Tensor& vs, const at::Tensor& os, const at::Tensor& b, bool relu) {
   constexpr int A2 = (M + 2) * (M + 2);
-  const at::Tensor inv = padded(vs.reciprocal(), s.Cs + L);  // fp32 1 / scale, as the reference
-  const at::Tensor usp = padded(us, s.Kp), osp = padded(os, s.Kp);
-  const at::Tensor init = usp * -kShift;  // the GEMM's accumulator start (micro)
+  const RowTables rt = row_tables(s, A2, vs, us, os);  // fp32 1 / scale, as the reference
   at::Tensor out = at::empty({s.N, s.K, s.Ho, s.Wo}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   const float* bp = b.defined() ? b.data_ptr<float>() : nullptr;
   const auto [tiles, kc] = plan_jobs(s, A2);
   // AMX reads U in whole tiles of 64 channels: pad its channel groups with zeros when needed
   const at::Tensor uv = s.Cv == s.Cs ? up : at::constant_pad_nd(up, {0, 0, 0, 0, 0, (s.Cv - s.Cs) / 4});
   const int8_t* u = uv.data_ptr<int8_t>();
+  const float* xp = x.data_ptr<float>();
+  float* outp = out.data_ptr<float>();
   const int64_t blocks = (s.P + tiles - 1) / tiles, chunks = (s.Kp + kc - 1) / kc;
   at::parallel_for(0, blocks * chunks, 1, [&](int64_t j0, int64_t j1) {
 #if SF_AMX
@@ -615,12 +633,11 @@ at::Tensor run(const Problem& s, const at::Tensor& x, const at::Tensor& up, cons
       const int64_t p0 = blk * tiles, p1 = std::min(s.P, p0 + tiles);
       const int64_t rows = block_rows(p1 - p0);
       if (blk != have) {
-        input_tiles<M>(s, x.data_ptr<float>(), inv.data_ptr<float>(), V.data(), p0, p1, rows);
+        input_tiles<M>(s, xp, rt.inv.data(), V.data(), p0, p1, rows);
         have = blk;
       }
-      gemm_block(s, A2, V.data(), rows, p1 - p0, u, init.data_ptr<int32_t>(), acc.data(), k0, k1);
-      output_tiles<M>(s, acc.data(), usp.data_ptr<int32_t>(), osp.data_ptr<float>(), bp, relu,
-                      out.data_ptr<float>(), p0, p1, k0, k1);
+      gemm_block(s, A2, V.data(), rows, p1 - p0, u, rt.init.data(), acc.data(), k0, k1);
+      output_tiles<M>(s, acc.data(), rt.u_sum.data(), rt.oscale.data(), bp, relu, outp, p0, p1, k0, k1);
     }
 #if SF_AMX
     _tile_release();

@@ -77,6 +77,30 @@ def test_int8_deploy_of_a_module_called_twice():
     assert (out - ref).abs().max() < 0.05 * ref.abs().max()
 
 
+def test_int8_deploy_around_our_winograd_layers():
+    # BatchNorm folding makes the Winograd model an fx GraphModule whose recorded module stack
+    # still named the swapped conv nn.Conv2d, and the quantizer then took our op for a conv
+    from sparseforge.quant.winograd_conv import quantize_winograd
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),  # stays a conv
+        nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),  # becomes Winograd
+        nn.Flatten(), nn.Linear(8 * 4 * 4, 10)).eval()
+    g = torch.Generator().manual_seed(1)
+    calib = [torch.randn(8, 1, 8, 8, generator=g) for _ in range(4)]
+    wino, skipped = quantize_winograd(model, calib, tile=2, fold_bn=True)
+    assert len(skipped) == 1  # the stride-2 conv
+    x = torch.randn(16, 1, 8, 8, generator=g)
+    with torch.no_grad():
+        out, code = run_and_get_code(to_int8(wino, calib), x)
+        ref = model(x)
+    code = "".join(code)
+    assert "onednn.qconv_pointwise" in code and "onednn.qlinear_pointwise" in code
+    assert "winograd_int8_conv2d" in code
+    assert (out - ref).abs().max() < 0.1 * ref.abs().max()
+
+
 def test_int8_deploy_needs_a_batch_to_export():
     with pytest.raises(ValueError, match="at least 2"):
         to_int8(small_cnn(), [torch.randn(1, 1, 8, 8)])

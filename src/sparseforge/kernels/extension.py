@@ -86,10 +86,15 @@ def has_amx_int8() -> bool:
 
 def supported_isas(variants: tuple[str, ...] = DEFAULT_VARIANTS) -> list[str]:
     """Those of `variants` this CPU can run, best first (the existing kernels: avx2, generic)."""
+    return list(_supported_isas(variants))
+
+
+@functools.cache  # asked on every kernel call: the CPU does not change within a process
+def _supported_isas(variants: tuple[str, ...]) -> tuple[str, ...]:
     cap = torch.backends.cpu.get_cpu_capability()
     runs = {"avx512_amx": has_amx_int8(), "avx512_vnni": has_avx512_vnni(),
             "avx2": cap in _AVX2_OR_BETTER, "generic": True}
-    return [v for v in ISA_FLAGS if v in variants and runs[v]]
+    return tuple(v for v in ISA_FLAGS if v in variants and runs[v])
 
 
 def best_isa(variants: tuple[str, ...] = DEFAULT_VARIANTS) -> str:

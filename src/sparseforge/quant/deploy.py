@@ -73,6 +73,7 @@ def to_int8(
     batch = torch.export.Dim("batch")
     with torch.no_grad():
         exported = torch.export.export(plain, (example,), dynamic_shapes=({0: batch},)).module()
+        _true_module_classes(exported, plain)
         _separate_module_calls(exported)
         quantizer = x86.X86InductorQuantizer()
         quantizer.set_global(x86.get_default_x86_inductor_quantization_config())
@@ -82,6 +83,23 @@ def to_int8(
         converted = convert_pt2e(prepared)
     allow_exported_model_train_eval(converted)  # so `.eval()` (e.g. in `evaluate`) works
     return compile_frozen(converted) if compile else converted
+
+
+def _true_module_classes(gm: torch.fx.GraphModule, model: nn.Module) -> None:
+    """Set each node's `nn_module_stack` classes to the modules `model` holds now. Exporting an
+    fx GraphModule (BatchNorm folded by `graph.fuse`) keeps the stack recorded when it was
+    traced, so a conv swapped afterwards for one of our modules (e.g. `WinogradConv2d`) still
+    read as nn.Conv2d, and the X86InductorQuantizer tried to annotate our op as a conv."""
+    for node in gm.graph.nodes:
+        stack = node.meta.get("nn_module_stack")
+        for key, (fqn, cls) in list((stack or {}).items()):
+            try:
+                module = model.get_submodule(fqn.split("@")[0]) if fqn else model
+            except AttributeError:
+                continue
+            true_cls = f"{type(module).__module__}.{type(module).__qualname__}"
+            if true_cls != (cls if isinstance(cls, str) else f"{cls.__module__}.{cls.__qualname__}"):
+                stack[key] = (fqn, true_cls if isinstance(cls, str) else type(module))
 
 
 def _separate_module_calls(gm: torch.fx.GraphModule) -> None:
