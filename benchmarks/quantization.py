@@ -4,8 +4,9 @@ fp32 compiled (inductor) without and with freezing (the int8 deploy is frozen, s
 fp32 is its like-for-like baseline), PT2E int8 (torchao X86InductorQuantizer) compiled with freezing, the
 same without freezing (what happens when the flag is missing), torchao `quantize_` int8
 dynamic (linears only), our int8 Winograd F(2,3) / F(4,3) for the 3x3 stride-1 convs (BatchNorm
-folded first, the other layers fp32 eager; and the same model compiled by inductor with freezing,
-so the other layers run frozen fp32 around our op), and sparse + int8 (90% of every weight but the
+folded first, the other layers fp32 eager; the same model compiled by inductor with freezing,
+so the other layers run frozen fp32 around our op; and PT2E int8 of that model, so every other
+conv and linear runs oneDNN int8 around our op), and sparse + int8 (90% of every weight but the
 first layer's masked by magnitude, then PT2E int8; checked against its own fp32 model).
 
     python benchmarks/quantization.py --out runs/quantization   # prints table, writes CSV
@@ -84,6 +85,8 @@ def candidates(model: nn.Module, calib: list[torch.Tensor]) -> dict[str, tuple[n
             "int8_quantize_": to_int8_dynamic(model),
             **{f"int8_winograd_f{t}": m for t in (2, 4) if (m := winograd(model, calib, t)) is not None},
             **{f"int8_winograd_f{t}_freeze": compile_frozen(m) for t in (2, 4)
+               if (m := winograd(model, calib, t)) is not None},
+            **{f"int8_pt2e_winograd_f{t}": to_int8(m, calib) for t in (2, 4)
                if (m := winograd(model, calib, t)) is not None},
             "sparse90_int8": to_int8(sparse_fp32, calib),
         }
