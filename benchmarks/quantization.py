@@ -76,6 +76,7 @@ def candidates(model: nn.Module, calib: list[torch.Tensor]) -> dict[str, tuple[n
     with torch.no_grad():
         converted = to_int8(model, calib, compile=False)
         sparse_fp32 = sparse(model)
+        wino = {t: m for t in (2, 4) if (m := winograd(model, calib, t)) is not None}
         out = {
             "fp32_eager": model,
             "fp32_compiled": torch.compile(model, dynamic=False),
@@ -83,11 +84,9 @@ def candidates(model: nn.Module, calib: list[torch.Tensor]) -> dict[str, tuple[n
             "int8_pt2e": to_int8(model, calib),
             "int8_pt2e_nofreeze": torch.compile(converted, dynamic=False),
             "int8_quantize_": to_int8_dynamic(model),
-            **{f"int8_winograd_f{t}": m for t in (2, 4) if (m := winograd(model, calib, t)) is not None},
-            **{f"int8_winograd_f{t}_freeze": compile_frozen(m) for t in (2, 4)
-               if (m := winograd(model, calib, t)) is not None},
-            **{f"int8_pt2e_winograd_f{t}": to_int8(m, calib) for t in (2, 4)
-               if (m := winograd(model, calib, t)) is not None},
+            **{f"int8_winograd_f{t}": m for t, m in wino.items()},
+            **{f"int8_winograd_f{t}_freeze": compile_frozen(m) for t, m in wino.items()},
+            **{f"int8_pt2e_winograd_f{t}": to_int8(m, calib) for t, m in wino.items()},
             "sparse90_int8": to_int8(sparse_fp32, calib),
         }
     return {k: (m, sparse_fp32 if k.startswith("sparse") else model) for k, m in out.items()}

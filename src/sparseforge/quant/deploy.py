@@ -90,16 +90,18 @@ def _true_module_classes(gm: torch.fx.GraphModule, model: nn.Module) -> None:
     fx GraphModule (BatchNorm folded by `graph.fuse`) keeps the stack recorded when it was
     traced, so a conv swapped afterwards for one of our modules (e.g. `WinogradConv2d`) still
     read as nn.Conv2d, and the X86InductorQuantizer tried to annotate our op as a conv."""
+    def qualname(cls: type | str) -> str:  # export records the class as a name or a type
+        return cls if isinstance(cls, str) else f"{cls.__module__}.{cls.__qualname__}"
+
     for node in gm.graph.nodes:
-        stack = node.meta.get("nn_module_stack")
-        for key, (fqn, cls) in list((stack or {}).items()):
+        stack = node.meta.get("nn_module_stack") or {}
+        for key, (fqn, cls) in list(stack.items()):
             try:
-                module = model.get_submodule(fqn.split("@")[0]) if fqn else model
+                true_cls = type(model.get_submodule(fqn))
             except AttributeError:
                 continue
-            true_cls = f"{type(module).__module__}.{type(module).__qualname__}"
-            if true_cls != (cls if isinstance(cls, str) else f"{cls.__module__}.{cls.__qualname__}"):
-                stack[key] = (fqn, true_cls if isinstance(cls, str) else type(module))
+            if qualname(cls) != qualname(true_cls):
+                stack[key] = (fqn, qualname(true_cls) if isinstance(cls, str) else true_cls)
 
 
 def _separate_module_calls(gm: torch.fx.GraphModule) -> None:
