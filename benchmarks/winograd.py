@@ -174,6 +174,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("runs/winograd"))
     ap.add_argument("--cnn-run", type=Path, default=RUNS["cnn"], help="trained demo CNN run")
+    ap.add_argument("--accuracy-models", nargs="+", default=list(RUNS), choices=list(RUNS),
+                    help="trained models to measure accuracy on (default: both)")
     ap.add_argument("--resnet-run", type=Path, default=RUNS["resnet20"],
                     help="trained ResNet-20 run (fmnist_resnet20_dense.yaml)")
     ap.add_argument("--quick", action="store_true", help="smoke: one shape, batch 1, 500 images")
@@ -210,7 +212,8 @@ def main() -> None:
     if not args.skip_accuracy:
         qat = args.qat_steps if args.qat_steps is not None else (10 if args.quick else 400)
         acc = []
-        runs = {"cnn": args.cnn_run, "resnet20": args.resnet_run}
+        runs = {k: v for k, v in {"cnn": args.cnn_run, "resnet20": args.resnet_run}.items()
+                if k in args.accuracy_models}
         for name, run in runs.items():
             acc += accuracy_rows(name, run, 500 if args.quick else None, qat, args.qat_lr)
         path = write_csv(acc, args.out / "winograd_accuracy.csv")
