@@ -235,6 +235,12 @@ void input_tiles(const Problem& s, const float* x, const float* inv, vtype* V, i
 // what the accumulators start from at column k0 (the VNNI kernel's -kShift * u_sum, so the
 // products need no correction afterwards; the others start from zero).
 #if SF_VNNI
+// U rows are prefetched kAhead channel groups ahead: one group's 16 * NK out channels are 64 * NK
+// bytes, and the next group's are Kp * 4 bytes on, so every 4 KB page holds a few of them and
+// the hardware prefetchers, which stop at page boundaries, do not follow. With U cold (as in a
+// network, where other layers run in between) this made C = 512, 7x7 F(4,3) 1.4-1.7x faster
+// at batch 1 (a prefetch distance of 16 did no better).
+constexpr int64_t kAhead = 8;
 template <int PT, int NK>
 void micro(const vtype* V, int64_t Cs, const int8_t* U, int64_t Kp, const int32_t* init,
            int32_t* acc, int64_t ld) {
@@ -247,7 +253,10 @@ void micro(const vtype* V, int64_t Cs, const int8_t* U, int64_t Kp, const int32_
   for (int64_t cb = 0; cb < Cb; ++cb) {
     __m512i u[NK];
     SF_UNROLL
-    for (int j = 0; j < NK; ++j) u[j] = _mm512_loadu_si512(U + (cb * Kp + 16 * j) * 4);
+    for (int j = 0; j < NK; ++j) {
+      _mm_prefetch(reinterpret_cast<const char*>(U + ((cb + kAhead) * Kp + 16 * j) * 4), _MM_HINT_T0);
+      u[j] = _mm512_loadu_si512(U + (cb * Kp + 16 * j) * 4);
+    }
     SF_UNROLL
     for (int t = 0; t < PT; ++t) {
       int32_t quad;
