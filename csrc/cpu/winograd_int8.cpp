@@ -235,12 +235,13 @@ void input_tiles(const Problem& s, const float* x, const float* inv, vtype* V, i
 // what the accumulators start from at column k0 (the VNNI kernel's -kShift * u_sum, so the
 // products need no correction afterwards; the others start from zero).
 #if SF_VNNI
-// U rows are prefetched kAhead channel groups ahead: one group's 16 * NK out channels are 64 * NK
-// bytes, and the next group's are Kp * 4 bytes on, so every 4 KB page holds a few of them and
-// the hardware prefetchers, which stop at page boundaries, do not follow. With U cold (as in a
-// network, where other layers run in between) this made C = 512, 7x7 F(4,3) 1.4-1.7x faster
-// at batch 1 (a prefetch distance of 16 did no better).
-constexpr int64_t kAhead = 8;
+// U rows are prefetched into L2 kAhead channel groups ahead: one group's 16 * NK out channels
+// are 64 * NK bytes and the next group's are Kp * 4 bytes on, so a 4 KB page holds only a few of
+// them and the hardware prefetchers, which stop at page boundaries, fall behind. With U cold (as
+// in a network, where other layers run in between) this made C = 512, 7x7 F(4,3) 1.3-1.7x and
+// F(2,3) 1.1x faster (A/B with fbgemm's conv run between calls); 32 to 128 groups ahead did
+// alike, 8 ahead into L1 less well, and neither cost anything measurable at C = 64.
+constexpr int64_t kAhead = 32;
 template <int PT, int NK>
 void micro(const vtype* V, int64_t Cs, const int8_t* U, int64_t Kp, const int32_t* init,
            int32_t* acc, int64_t ld) {
@@ -254,7 +255,7 @@ void micro(const vtype* V, int64_t Cs, const int8_t* U, int64_t Kp, const int32_
     __m512i u[NK];
     SF_UNROLL
     for (int j = 0; j < NK; ++j) {
-      _mm_prefetch(reinterpret_cast<const char*>(U + ((cb + kAhead) * Kp + 16 * j) * 4), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(U + ((cb + kAhead) * Kp + 16 * j) * 4), _MM_HINT_T1);
       u[j] = _mm512_loadu_si512(U + (cb * Kp + 16 * j) * 4);
     }
     SF_UNROLL
