@@ -450,21 +450,27 @@ void output_tiles(const Problem& s, const int32_t* acc, const int32_t* u_sum, co
     const int64_t n = p / (s.th * s.tw), ty = (p / s.tw) % s.th, tx = p % s.tw;
     for (int64_t k0 = kb; k0 < std::min(s.K, k1); k0 += L) {
       const int64_t kn = std::min<int64_t>(L, s.K - k0);
-      vecf m[A][A], t[M][A];
+      // t = A^T m a column of m at a time, as it is dequantized (so m and t are not live
+      // together: 30 vectors, not 60, against 32 registers; all of m spilled to the stack)
+      vecf t[M][A];
       SF_UNROLL
-      for (int xi = 0; xi < A * A; ++xi) {
-        // k1 is a multiple of 16, so k0 + 16 <= k1: always readable
-        veci a;
-        std::memcpy(&a, acc + ((p - p0) * A * A + xi) * kc + (k0 - kb), sizeof a);
-        if constexpr (SF_AMX) {
-          veci us;
-          std::memcpy(&us, u_sum + xi * s.Kp + k0, sizeof us);
-          a -= kShift * us;
+      for (int j = 0; j < A; ++j) {
+        vecf m[A];
+        SF_UNROLL
+        for (int i = 0; i < A; ++i) {
+          const int xi = i * A + j;
+          // k1 is a multiple of 16, so k0 + 16 <= k1: always readable
+          veci a;
+          std::memcpy(&a, acc + ((p - p0) * A * A + xi) * kc + (k0 - kb), sizeof a);
+          if constexpr (SF_AMX) {
+            veci us;
+            std::memcpy(&us, u_sum + xi * s.Kp + k0, sizeof us);
+            a -= kShift * us;
+          }
+          m[i] = __builtin_convertvector(a, vecf) * loadv(oscale + xi * s.Kp + k0);
         }
-        m[xi / A][xi % A] = __builtin_convertvector(a, vecf) * loadv(oscale + xi * s.Kp + k0);
+        apply_at<M>(m, 1, &t[0][j], A);
       }
-      SF_UNROLL
-      for (int j = 0; j < A; ++j) apply_at<M>(&m[0][j], A, &t[0][j], A);  // t = A^T m
       vecf b = {};
       if (bias) {
         float bl[L];
