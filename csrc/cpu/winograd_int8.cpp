@@ -238,9 +238,9 @@ void input_tiles(const Problem& s, const float* x, const float* inv, vtype* V, i
 // U rows are prefetched into L2 kAhead channel groups ahead: one group's 16 * NK out channels
 // are 64 * NK bytes and the next group's are Kp * 4 bytes on, so a 4 KB page holds only a few of
 // them and the hardware prefetchers, which stop at page boundaries, fall behind. With U cold (as
-// in a network, where other layers run in between) this made C = 512, 7x7 F(4,3) 1.3-1.7x and
-// F(2,3) 1.1x faster (A/B with fbgemm's conv run between calls); 32 to 128 groups ahead did
-// alike, 8 ahead into L1 less well, and neither cost anything measurable at C = 64.
+// in a network, where other layers run in between) this made C = 512, 7x7 F(4,3) 1.2-1.9x and
+// F(2,3) 1.13-1.17x faster (A/B with fbgemm's conv run between calls); 64 and 128 groups ahead
+// did alike, 8 ahead into L1 less well, and it cost nothing measurable at C = 64.
 constexpr int64_t kAhead = 32;
 template <int PT, int NK>
 void micro(const vtype* V, int64_t Cs, const int8_t* U, int64_t Kp, const int32_t* init,

@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..kernels import winograd_ops
 from .config import TensorQuant
 from .grid import fake_quantize
 from .observers import OBSERVERS
@@ -31,10 +30,6 @@ from .winograd import (
 )
 
 VGranularity = Literal["position", "position_channel"]
-
-
-def _float32(t: Tensor) -> Tensor:
-    return t if t.dtype == torch.float32 else t.float()
 
 
 def unsupported_reason(conv: nn.Module) -> str | None:
@@ -122,12 +117,12 @@ class WinogradConv2d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.frozen and not self.training:
-            # no-op casts skipped: at batch 1 this layer's Python costs as much as 10% of the call
-            bias = None if self.bias is None else _float32(self.bias.detach())
-            y = winograd_ops.winograd_int8_conv2d(
-                _float32(x), self.u_packed, self.u_sum, self.v_scale_, self.out_scale, bias,
-                self.tile, self.padding, self.relu)
-            return y if y.dtype == x.dtype else y.to(x.dtype)
+            from ..kernels import winograd_ops  # imported here: builds nothing until called
+
+            return winograd_ops.winograd_int8_conv2d(
+                x.float(), self.u_packed, self.u_sum, self.v_scale_, self.out_scale,
+                None if self.bias is None else self.bias.detach().float(), self.tile, self.padding,
+                self.relu).to(x.dtype)
         if self.training and self.qat and self.observer.lo is not None:
             return self._qat_forward(x)
         if self.calibrating or (self.training and self.qat):
