@@ -609,6 +609,25 @@ struct Jobs {
   int64_t tiles, kc;  // tiles per block, out channels per chunk
 };
 
+// How evenly at::parallel_for's static split (T contiguous ranges of ceil(jobs / T) jobs)
+// spreads blocks of `tiles` tiles x chunks of kc out channels: all work / (T x the busiest
+// thread's work), work = tiles x channels of each job.
+double balance(int64_t P, int64_t tiles, int64_t Kp, int64_t kc, int64_t T) {
+  const int64_t chunks = (Kp + kc - 1) / kc, jobs = (P + tiles - 1) / tiles * chunks;
+  const int64_t per = (jobs + T - 1) / T;
+  int64_t total = 0, busiest = 0;
+  for (int64_t j0 = 0; j0 < jobs; j0 += per) {
+    int64_t work = 0;
+    for (int64_t j = j0; j < std::min(jobs, j0 + per); ++j) {
+      const int64_t b = j / chunks, c = j % chunks;
+      work += (std::min(P, (b + 1) * tiles) - b * tiles) * (std::min(Kp, (c + 1) * kc) - c * kc);
+    }
+    total += work;
+    busiest = std::max(busiest, work);
+  }
+  return static_cast<double>(total) / static_cast<double>(T * busiest);
+}
+
 Jobs plan_jobs(const Problem& s, int A2) {
   const int64_t g = 16 * kNK;  // the micro-kernel's out-channel width
   const int64_t v_row = A2 * s.Cv * static_cast<int64_t>(sizeof(vtype));  // V bytes per tile
@@ -623,7 +642,19 @@ Jobs plan_jobs(const Problem& s, int A2) {
     const int64_t parts = (want + blocks - 1) / blocks;
     kc = std::min(kc, std::max<int64_t>(g, ((s.Kp + parts - 1) / parts + g - 1) / g * g));
   }
-  return {tiles, std::min(kc, s.Kp)};
+  kc = std::min(kc, s.Kp);
+  // blocks down to half the size when they spread more evenly over the threads: e.g. 27 jobs
+  // on 2 threads keep one idle for a job's time (C = 64, 56x56, batch 8, F(4,3): 0.93 -> 0.99)
+  int64_t best = tiles;
+  double most_even = balance(s.P, tiles, s.Kp, kc, at::get_num_threads());
+  for (int64_t t = tiles - kRowStep; t >= std::max(kRowStep, tiles / 2); t -= kRowStep) {
+    const double b = balance(s.P, t, s.Kp, kc, at::get_num_threads());
+    if (b > most_even + 0.01) {
+      best = t;
+      most_even = b;
+    }
+  }
+  return {best, kc};
 }
 
 template <int M>
