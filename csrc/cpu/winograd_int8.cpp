@@ -644,7 +644,7 @@ Jobs plan_jobs(const Problem& s, int A2) {
   }
   kc = std::min(kc, s.Kp);
   // blocks down to half the size when they spread more evenly over the threads: e.g. 27 jobs
-  // on 2 threads keep one idle for a job's time (C = 64, 56x56, batch 8, F(4,3): 0.93 -> 0.99)
+  // on 2 threads keep one idle for a job's time (C = 64, 56x56, batch 8, F(4,3): 27 jobs -> 38)
   int64_t best = tiles;
   double most_even = balance(s.P, tiles, s.Kp, kc, at::get_num_threads());
   for (int64_t t = tiles - kRowStep; t >= std::max(kRowStep, tiles / 2); t -= kRowStep) {
