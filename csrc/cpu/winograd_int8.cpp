@@ -453,8 +453,9 @@ void output_tiles(const Problem& s, const int32_t* acc, const int32_t* u_sum, co
     const int64_t n = p / (s.th * s.tw), ty = (p / s.tw) % s.th, tx = p % s.tw;
     for (int64_t k0 = kb; k0 < std::min(s.K, k1); k0 += L) {
       const int64_t kn = std::min<int64_t>(L, s.K - k0);
-      // t = A^T m a column of m at a time, as it is dequantized (so m and t are not live
-      // together: 30 vectors, not 60, against 32 registers; all of m spilled to the stack)
+      // t = A^T m a column of m at a time, as it is dequantized, so m and t are not live
+      // together (30 vectors, not 60, against 32 registers; with all of m made first, GCC
+      // spilled it to the stack)
       vecf t[M][A];
       SF_UNROLL
       for (int j = 0; j < A; ++j) {

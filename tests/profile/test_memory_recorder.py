@@ -1,7 +1,8 @@
 """The memory recorder against first principles and against PyTorch's own allocator-level view:
 live memory at the end of the forward pass equals parameters + gradients + optimizer state +
 saved activations + batch; the recorded peak equals the peak of torch.profiler's memory timeline
-(it sees every CPU allocation); categories match the profiler's; a trace survives Parquet."""
+(it sees every CPU allocation); parameter, gradient and optimizer-state bytes are exact; a
+trace survives Parquet."""
 
 from collections import defaultdict
 
@@ -99,49 +100,38 @@ def test_live_memory_at_the_end_of_forward_is_the_analytical_sum(name):
     assert peak(tr).nbytes >= 0.99 * analytical
 
 
-def profiler_view(t: Training) -> tuple[int, dict[str, int]]:
-    """Peak bytes and per-category maximum from torch.profiler's memory timeline over two
-    steps (the same category names as ours where they overlap)."""
+def profiler_peak(t: Training) -> int:
+    """Peak bytes of torch.profiler's memory timeline over two steps."""
     pending = [t.batch() for _ in range(2)]
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
         while pending:
             t.step(*pending.pop(0))
-    mp = prof._memory_profile()
-    names = {"PARAMETER": "Parameter", "GRADIENT": "Gradient", "OPTIMIZER_STATE": "Optstate"}
-    cur: dict[str, int] = defaultdict(int)
-    top: dict[str, int] = defaultdict(int)
     total = best = 0
-
-    def cat(key, version) -> str:
-        c = mp._categories.get(key, version)
-        return names.get(c.name, c.name) if c is not None else "UNKNOWN"
-
-    for _, action, (key, version), size in mp.timeline:
+    for _, action, _, size in prof._memory_profile().timeline:
         if action in (Action.PREEXISTING, Action.CREATE):
-            cur[cat(key, version)] += size
             total += size
         elif action == Action.DESTROY:
-            cur[cat(key, version)] -= size
             total -= size
-        elif action == Action.INCREMENT_VERSION:
-            cur[cat(key, version - 1)] -= size
-            cur[cat(key, version)] += size
-        for k, v in cur.items():
-            top[k] = max(top[k], v)
         best = max(best, total)
-    return best, dict(top)
+    return best
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_peak_and_categories_agree_with_the_profiler(name):
+def test_peak_agrees_with_the_profiler_and_categories_with_the_sizes(name):
     t = Training(name, set_to_none=True)  # the trainer's setting
     tr = t.record()
-    prof_peak, prof_cats = profiler_view(t)
+    prof_peak = profiler_peak(t)
     live, cats = live_bytes(tr)
     ours = {c: int(live[:, i].max()) for i, c in enumerate(cats)}
     assert peak(tr).nbytes == pytest.approx(prof_peak, rel=0.05)
+    params = sum(p.nbytes for p in t.model.parameters())
+    optim = sum(v.nbytes for s in t.opt.state.values() for v in s.values() if torch.is_tensor(v))
+    exact = {"Parameter": params, "Gradient": params, "Optstate": optim}
+    # against the sizes themselves, not the profiler's categories: those are inferred, and
+    # after another model's run in the same process it filed activations under Parameter
+    # (0.4% to 7x too much, varying from run to run)
     for c in ("Parameter", "Gradient", "Optstate"):
-        assert ours[c] == prof_cats[c], c
+        assert ours[c] == exact[c], c
 
 
 def test_blocks_record_their_ops_modules_and_phases():
