@@ -63,6 +63,12 @@ class Training:
     def record(self, steps: int = 2) -> Trace:
         return record_steps(self.model, self.opt, [self.batch() for _ in range(steps)], set_to_none=self.set_to_none)
 
+    def state_bytes(self) -> tuple[int, int]:
+        """Bytes of the parameters and of the optimizer state (momentum)."""
+        params = sum(p.nbytes for p in self.model.parameters())
+        optim = sum(v.nbytes for s in self.opt.state.values() for v in s.values() if torch.is_tensor(v))
+        return params, optim
+
     def saved_activation_bytes(self) -> int:
         """Storages autograd saves for backward, parameters excluded (independent of the
         recorder: saved_tensors_hooks)."""
@@ -85,9 +91,8 @@ class Training:
 def test_live_memory_at_the_end_of_forward_is_the_analytical_sum(name):
     t = Training(name, set_to_none=False)  # gradients persist, so all five terms coexist
     tr = t.record()
-    params = sum(p.nbytes for p in t.model.parameters())
+    params, optim = t.state_bytes()
     buffers = sum(b.nbytes for b in t.model.buffers())
-    optim = sum(v.nbytes for s in t.opt.state.values() for v in s.values() if torch.is_tensor(v))
     x, y = t.batch()
     analytical = params + params + optim + t.saved_activation_bytes() + x.nbytes + y.nbytes + buffers
     ev = Events.of(tr)
@@ -124,8 +129,7 @@ def test_peak_agrees_with_the_profiler_and_categories_with_the_sizes(name):
     live, cats = live_bytes(tr)
     ours = {c: int(live[:, i].max()) for i, c in enumerate(cats)}
     assert peak(tr).nbytes == pytest.approx(prof_peak, rel=0.05)
-    params = sum(p.nbytes for p in t.model.parameters())
-    optim = sum(v.nbytes for s in t.opt.state.values() for v in s.values() if torch.is_tensor(v))
+    params, optim = t.state_bytes()
     exact = {"Parameter": params, "Gradient": params, "Optstate": optim}
     # against the sizes themselves, not the profiler's categories: those are inferred, and
     # after another model's run in the same process it filed activations under Parameter
