@@ -242,6 +242,13 @@ void input_tiles(const Problem& s, const float* x, const float* inv, vtype* V, i
 // fbgemm's conv run between calls); 64 and 128 groups ahead did alike, 8 ahead into L1 less
 // well, and it cost nothing measurable at C = 64.
 constexpr int64_t kAhead = 32;
+#if defined(__AVX2__)
+template <int NK>  // the NK 64-byte lines of U's channel group cb + kAhead (16 out channels each)
+inline void prefetch_u(const int8_t* U, int64_t cb, int64_t Kp) {
+  for (int j = 0; j < NK; ++j)
+    _mm_prefetch(reinterpret_cast<const char*>(U + ((cb + kAhead) * Kp + 16 * j) * 4), _MM_HINT_T1);
+}
+#endif
 #if SF_VNNI
 template <int PT, int NK>
 void micro(const vtype* V, int64_t Cs, const int8_t* U, int64_t Kp, const int32_t* init,
@@ -254,11 +261,9 @@ void micro(const vtype* V, int64_t Cs, const int8_t* U, int64_t Kp, const int32_
   const int64_t Cb = Cs / 4;
   for (int64_t cb = 0; cb < Cb; ++cb) {
     __m512i u[NK];
+    prefetch_u<NK>(U, cb, Kp);
     SF_UNROLL
-    for (int j = 0; j < NK; ++j) {
-      _mm_prefetch(reinterpret_cast<const char*>(U + ((cb + kAhead) * Kp + 16 * j) * 4), _MM_HINT_T1);
-      u[j] = _mm512_loadu_si512(U + (cb * Kp + 16 * j) * 4);
-    }
+    for (int j = 0; j < NK; ++j) u[j] = _mm512_loadu_si512(U + (cb * Kp + 16 * j) * 4);
     SF_UNROLL
     for (int t = 0; t < PT; ++t) {
       int32_t quad;
@@ -287,8 +292,7 @@ void micro(const vtype* V, int64_t Cs, const int8_t* U, int64_t Kp, const int32_
   const int64_t Cb = Cs / 4;
   for (int64_t cb = 0; cb < Cb; ++cb) {
     __m256i u[4 * NK];
-    for (int j = 0; j < NK; ++j)  // as the VNNI kernel: 64 bytes (one line) per 16 out channels
-      _mm_prefetch(reinterpret_cast<const char*>(U + ((cb + kAhead) * Kp + 16 * j) * 4), _MM_HINT_T1);
+    prefetch_u<NK>(U, cb, Kp);
     for (int j = 0; j < 4 * NK; ++j)
       u[j] = _mm256_cvtepi8_epi16(
           _mm_loadu_si128(reinterpret_cast<const __m128i*>(U + (cb * Kp + 4 * j) * 4)));
@@ -638,7 +642,7 @@ Jobs plan_jobs(const Problem& s, int A2) {
   // equal blocks (a ragged last block would leave its thread idle), in whole micro-kernel rows
   const int64_t tiles = block_rows((s.P + blocks - 1) / blocks);
   int64_t kc = std::max<int64_t>(g, kAccBytes / (A2 * tiles * 4) / g * g);
-  const int64_t want = 2 * at::get_num_threads();
+  const int64_t threads = at::get_num_threads(), want = 2 * threads;
   if (blocks < want) {  // split the channels further so every thread has jobs
     const int64_t parts = (want + blocks - 1) / blocks;
     kc = std::min(kc, std::max<int64_t>(g, ((s.Kp + parts - 1) / parts + g - 1) / g * g));
@@ -647,9 +651,9 @@ Jobs plan_jobs(const Problem& s, int A2) {
   // blocks down to half the size when they spread more evenly over the threads: e.g. 27 jobs
   // on 2 threads keep one idle for a job's time (C = 64, 56x56, batch 8, F(4,3): 27 jobs -> 38)
   int64_t best = tiles;
-  double most_even = balance(s.P, tiles, s.Kp, kc, at::get_num_threads());
+  double most_even = balance(s.P, tiles, s.Kp, kc, threads);
   for (int64_t t = tiles - kRowStep; t >= std::max(kRowStep, tiles / 2); t -= kRowStep) {
-    const double b = balance(s.P, t, s.Kp, kc, at::get_num_threads());
+    const double b = balance(s.P, t, s.Kp, kc, threads);
     if (b > most_even + 0.01) {
       best = t;
       most_even = b;
