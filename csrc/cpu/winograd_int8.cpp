@@ -647,7 +647,8 @@ Jobs plan_jobs(const Problem& s, int A2) {
   // block each transform all of its tiles; every block reads all of U. So split the tiles
   // while a block's tiles outweigh U's width (x4: a tile's transform costs more per channel
   // than reading a channel's U row), e.g. 49 tiles at C = K = 128, 28x28, F(4,3), batch 1
-  // (1.3x on a Xeon), but not 64 tiles at C = K = 512, 7x7, batch 8, where U is 4-9 MB.
+  // (1.3-1.4x with AMX or VNNI on a Xeon), but not 64 tiles at C = K = 512, 7x7, batch 8,
+  // where U is 4-9 MB.
   if (blocks < want && s.P / blocks * 4 >= s.Kp)
     blocks = std::max(blocks, std::min(want, (s.P + kRowStep - 1) / kRowStep));
   // equal blocks (a ragged last block would leave its thread idle), in whole micro-kernel rows
@@ -661,8 +662,8 @@ Jobs plan_jobs(const Problem& s, int A2) {
   // blocks down to half the size when they spread more evenly over the threads: e.g. 27 jobs
   // on 2 threads keep one idle for a job's time (C = 64, 56x56, batch 8, F(4,3): 27 jobs -> 38);
   // further where the split is badly uneven and U is small (more blocks, more reads of U): 196
-  // tiles as 64 + 64 + 64 + 4 -> 16-tile blocks at C = 64, 56x56, F(4,3), batch 1 (1.4-1.6x
-  // with AMX, 1.1x with VNNI, on a Xeon)
+  // tiles as 64 + 64 + 64 + 4 -> 16-tile blocks at C = 64, 56x56, F(4,3), batch 1 (1.5x with
+  // AMX on a Xeon)
   int64_t best = tiles;
   double most_even = balance(s.P, tiles, s.Kp, kc, threads);
   const bool small_u = A2 * s.Cv * s.Kp <= (1 << 20);
