@@ -6,7 +6,8 @@ with and without freezing). Models: a
 transformer-FFN stack (768 -> 3072 -> 768, relu, residual, x4) at 90% weight sparsity as BSR
 16x16 tiles and as unstructured CSR, ResNet-20 at 90% per conv on direct sparse convs (BatchNorm
 folded), the demo CNN with int8 Winograd convs, the demo CNN dense; torchvision's ResNet-18
-(3x224x224) dense and at 90% per conv on direct sparse convs, MobileNetV2 dense,
+(3x224x224) dense, at 90% per conv on direct sparse convs and with int8 Winograd convs
+(residual add and relu folded into them), MobileNetV2 dense,
 all-MiniLM-L6-v2 (pretrained) dense and activation-sparse (FATReLU at 90% zeros, down
 projections on `sparse_input_linear`), a LLaMA-style decoder dense (16 tokens per sequence).
 
@@ -200,6 +201,15 @@ def winograd_cnn() -> nn.Module:
                              fold_bn=True)[0]
 
 
+def winograd_resnet18() -> nn.Module:
+    """torchvision's ResNet-18 (random weights) with BatchNorm folded and its 3x3 stride-1 convs
+    as int8 Winograd F(2,3): each basic block's conv2 -> add -> relu is what the planner folds
+    into our op's output transform (residual and relu)."""
+    model = resnet18()
+    calib = [torch.randn(2, 3, 224, 224) for _ in range(2)]
+    return quantize_winograd(model, calib, tile=2, fold_bn=True)[0]
+
+
 def resnet20() -> nn.Module:
     """ResNet-20 (Fashion-MNIST shape, random weights)."""
     torch.manual_seed(0)
@@ -216,6 +226,7 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], Callable[[int], torch.Tensor], 
     "ffn_csr90": (lambda: ffn_stack("unstructured"), images(768), ("csr",)),
     "resnet20_direct90": (lambda: sparse_convs(resnet20()), images(1, 28, 28), ("direct",)),
     "cnn_winograd_int8": (winograd_cnn, images(1, 28, 28), ("dense",)),
+    "resnet18_winograd_int8": (winograd_resnet18, images(3, 224, 224), ("dense",)),
     "ffn_act90": (act_sparse_ffn_stack, images(768), ("dense",)),
     "cnn_dense": (lambda: create_model("cnn", num_classes=10, in_channels=1).eval(),
                   images(1, 28, 28), ("bsr16", "csr")),

@@ -6,7 +6,7 @@
 //      clamped to -127..127, stored per position as (tiles, Cs channels) rows of the block;
 //   2. one int8 GEMM per transform position with int32 accumulation over channels,
 //      acc[tile][pos] (kc) = V[pos] (tiles, Cs) x U[pos] (Cs, kc) (AMX tiles or registers);
-//   3. per tile: M = acc * out_scale[pos][k], Y = A^T M A, + bias, relu.
+//   3. per tile: M = acc * out_scale[pos][k], Y = A^T M A, + bias (+ residual), relu.
 // Input and output are channels last (NHWC memory, NCHW shape): L channels of a pixel are one
 // vector load or store; an NCHW input is converted once on entry (AVX-512: our own 16 x 16
 // register transposes, to_channels_last).
@@ -160,21 +160,23 @@ inline void quantize(vecf v, const float* inv, vtype* dst, int64_t n) {
 #endif
 }
 
+// The first n of L floats at p, zero past them.
+inline vecf load_n(const float* p, int64_t n) {
+  if (n == L) return loadv(p);
+#if SF_VNNI
+  return static_cast<vecf>(_mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), p));
+#else
+  vecf v = {};
+  for (int64_t l = 0; l < n; ++l) v[l] = p[l];
+  return v;
+#endif
+}
+
 // L channels of pixel (yy, xx) of x (channels last), zero outside the image or past C.
 inline vecf pixel(const Problem& s, const float* x, int64_t n, int64_t yy, int64_t xx,
                    int64_t c0, int64_t cl) {
-  const bool inside = yy >= 0 && yy < s.H && xx >= 0 && xx < s.W;
-  const float* src = x + ((n * s.H + yy) * s.W + xx) * s.xs + c0;  // NHWC: L floats
-  if (inside && cl == L) return loadv(src);
-#if SF_VNNI
-  const __mmask16 lanes = inside ? static_cast<__mmask16>((1u << cl) - 1) : 0;
-  return static_cast<vecf>(_mm512_maskz_loadu_ps(lanes, inside ? src : x));
-#else
-  vecf v = {};
-  if (inside)
-    for (int l = 0; l < cl; ++l) v[l] = src[l];
-  return v;
-#endif
+  if (yy < 0 || yy >= s.H || xx < 0 || xx >= s.W) return vecf{};
+  return load_n(x + ((n * s.H + yy) * s.W + xx) * s.xs + c0, cl);  // NHWC: L floats
 }
 
 // V of one tile and L channels: t = B^T d a column at a time as d is loaded (so d and t are
@@ -447,13 +449,14 @@ void gemm_block(const Problem& s, int A2, const vtype* V, int64_t nrows, int64_t
 // rows per position in a block's buffers for nt tiles (AMX loads V 16 rows at a time)
 int64_t block_rows(int64_t nt) { return (nt + kRowStep - 1) / kRowStep * kRowStep; }
 
-// Phase 3 for tiles [p0, p1) and out channels [kb, k1): dequantize, Y = A^T M A, bias, relu
+// Phase 3 for tiles [p0, p1) and out channels [kb, k1): dequantize, Y = A^T M A, bias,
+// residual (channels last, as the output), relu
 // (L out channels per vector step), stored channels last. acc is the block's (rows, a*a, k1 - kb);
 // only the AMX GEMM leaves the +kShift correction (kShift * u_sum) to this step.
 template <int M>
 void output_tiles(const Problem& s, const int32_t* acc, const int32_t* u_sum, const float* oscale,
-                  const float* bias, bool relu, float* out, int64_t p0, int64_t p1, int64_t kb,
-                  int64_t k1) {
+                  const float* bias, const float* residual, bool relu, float* out, int64_t p0,
+                  int64_t p1, int64_t kb, int64_t k1) {
   constexpr int A = M + 2;
   const int64_t kc = k1 - kb;
   for (int64_t p = p0; p < p1; ++p) {
@@ -499,8 +502,10 @@ void output_tiles(const Problem& s, const int32_t* acc, const int32_t* u_sum, co
           const int64_t xx = tx * M + j;
           if (xx >= s.Wo) break;
           vecf v = y[j] + b;
+          const int64_t at = ((n * s.Ho + yy) * s.Wo + xx) * s.K + k0;  // NHWC: L floats
+          if (residual) v += load_n(residual + at, kn);
           if (relu) v = v < 0.0f ? vecf{} : v;  // NaN stays NaN, as torch.relu
-          float* o = out + ((n * s.Ho + yy) * s.Wo + xx) * s.K + k0;  // NHWC: L floats
+          float* o = out + at;
           if (kn == L) {
             std::memcpy(o, &v, sizeof v);
           } else {
@@ -680,11 +685,13 @@ Jobs plan_jobs(const Problem& s, int A2) {
 
 template <int M>
 at::Tensor run(const Problem& s, const at::Tensor& x, const at::Tensor& up, const at::Tensor& us,
-               const at::Tensor& vs, const at::Tensor& os, const at::Tensor& b, bool relu) {
+               const at::Tensor& vs, const at::Tensor& os, const at::Tensor& b, bool relu,
+               const at::Tensor& r) {
   constexpr int A2 = (M + 2) * (M + 2);
   const RowTables rt = row_tables(s, A2, vs, us, os);  // fp32 1 / scale, as the reference
   at::Tensor out = at::empty({s.N, s.K, s.Ho, s.Wo}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   const float* bp = b.defined() ? b.data_ptr<float>() : nullptr;
+  const float* rp = r.defined() ? r.data_ptr<float>() : nullptr;
   const auto [tiles, kc] = plan_jobs(s, A2);
   // AMX reads U in whole tiles of 64 channels: pad its channel groups with zeros when needed
   const at::Tensor uv = s.Cv == s.Cs ? up : at::constant_pad_nd(up, {0, 0, 0, 0, 0, (s.Cv - s.Cs) / 4});
@@ -712,7 +719,8 @@ at::Tensor run(const Problem& s, const at::Tensor& x, const at::Tensor& up, cons
         have = blk;
       }
       gemm_block(s, A2, V.get(), rows, p1 - p0, u, rt.init.data(), acc.get(), k0, k1);
-      output_tiles<M>(s, acc.get(), rt.u_sum.data(), rt.oscale.data(), bp, relu, outp, p0, p1, k0, k1);
+      output_tiles<M>(s, acc.get(), rt.u_sum.data(), rt.oscale.data(), bp, rp, relu, outp, p0, p1,
+                      k0, k1);
     }
 #if SF_AMX
     _tile_release();
@@ -724,7 +732,8 @@ at::Tensor run(const Problem& s, const at::Tensor& x, const at::Tensor& up, cons
 at::Tensor winograd_int8_conv2d(const at::Tensor& x_in, const at::Tensor& u_packed,
                                 const at::Tensor& u_sum, const at::Tensor& v_scale,
                                 const at::Tensor& out_scale, const std::optional<at::Tensor>& bias,
-                                int64_t tile, at::IntArrayRef padding, bool relu) {
+                                int64_t tile, at::IntArrayRef padding, bool relu,
+                                const std::optional<at::Tensor>& residual) {
   TORCH_CHECK(tile == 2 || tile == 4, "tile must be 2 (F(2,3)) or 4 (F(4,3)), got ", tile);
   TORCH_CHECK(x_in.dim() == 4 && x_in.scalar_type() == at::kFloat, "x must be float32 (N, C, H, W)");
   TORCH_CHECK(padding.size() == 2 && padding[0] >= 0 && padding[1] >= 0, "padding must be [ph, pw] >= 0");
@@ -761,9 +770,18 @@ at::Tensor winograd_int8_conv2d(const at::Tensor& x_in, const at::Tensor& u_pack
     b = bias->contiguous();
     TORCH_CHECK(b.scalar_type() == at::kFloat && b.numel() == s.K, "bias must be float32 (K,)");
   }
+  at::Tensor r;  // added before relu, read as the output is written: channels last
+  if (residual.has_value()) {
+    TORCH_CHECK(residual->scalar_type() == at::kFloat &&
+                    residual->sizes() == at::IntArrayRef({s.N, s.K, s.Ho, s.Wo}),
+                "residual must be float32 shaped like the output (", s.N, ", ", s.K, ", ", s.Ho,
+                ", ", s.Wo, "), got ", residual->scalar_type(), " ", residual->sizes());
+    r = residual->contiguous(at::MemoryFormat::ChannelsLast);
+  }
   const at::Tensor up = u_packed.contiguous(), us = u_sum.contiguous(), vs = v_scale.contiguous(),
                    os = out_scale.contiguous();
-  return tile == 2 ? run<2>(s, x, up, us, vs, os, b, relu) : run<4>(s, x, up, us, vs, os, b, relu);
+  return tile == 2 ? run<2>(s, x, up, us, vs, os, b, relu, r)
+                   : run<4>(s, x, up, us, vs, os, b, relu, r);
 }
 
 }  // namespace
@@ -771,7 +789,7 @@ at::Tensor winograd_int8_conv2d(const at::Tensor& x_in, const at::Tensor& u_pack
 TORCH_LIBRARY_FRAGMENT(sparseforge, m) {
   m.def("_winograd_int8_conv2d_" SF_STR(SF_ISA)
         "(Tensor x, Tensor u_packed, Tensor u_sum, Tensor v_scale, Tensor out_scale, "
-        "Tensor? bias, int tile, int[] padding, bool relu) -> Tensor");
+        "Tensor? bias, int tile, int[] padding, bool relu, Tensor? residual=None) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(sparseforge, CPU, m) {

@@ -190,7 +190,7 @@ def test_nm_linear_takes_the_residual_and_relu():
     assert [lo.epilogue for lo in fusion.report.lowered] == [["add", "relu"]]
 
 
-def test_winograd_conv_takes_a_relu_but_not_a_residual():
+def test_winograd_conv_takes_a_relu_and_the_residual_and_relu_of_a_block():
     from sparseforge.quant.winograd_conv import WinogradConv2d
 
     torch.manual_seed(8)
@@ -210,14 +210,17 @@ def test_winograd_conv_takes_a_relu_but_not_a_residual():
 
         def forward(self, x):
             y = torch.relu(self.a(x))  # the relu folds into the output transform
-            return torch.relu(self.b(y) + y)  # an add first: the kernel has no residual
+            return torch.relu(self.b(y) + y)  # the add becomes the kernel's residual
 
     fusion = check_equal(Net(), torch.randn(2, 8, 6, 6), compile=False)
-    assert [lo.epilogue for lo in fusion.report.lowered] == [["relu"], []]
-    assert fusion.report.lowered[1].left_to_inductor == ["add", "relu"]
-    relu_flags = [n.args[8] if len(n.args) > 8 else n.kwargs["relu"]
-                  for n in fusion.module.graph_module.graph.nodes if "winograd" in str(n.target)]
-    assert relu_flags == [True, False]
+    assert [lo.epilogue for lo in fusion.report.lowered] == [["relu"], ["add", "relu"]]
+    assert fusion.report.lowered[1].left_to_inductor == []
+    calls = [n for n in fusion.module.graph_module.graph.nodes if "winograd" in str(n.target)]
+    relu_flags = [n.args[8] if len(n.args) > 8 else n.kwargs["relu"] for n in calls]
+    residuals = [n.args[9] if len(n.args) > 9 else n.kwargs.get("residual") for n in calls]
+    assert relu_flags == [True, True]
+    assert residuals[0] is None and residuals[1] is calls[0]  # b's residual is a's output
+    assert not any("aten.add" in o or "aten.relu" in o for o in _ops(fusion.module.graph_module))
 
 
 def test_sparse_input_linear_takes_the_fatrelu_and_residual_of_a_prosparse_ffn():

@@ -99,6 +99,23 @@ def test_kernel_takes_nchw_channels_last_and_strided_inputs_alike(variant, c, h,
         assert_int_exact(kernel(xin, *rest, 4, [1, 1], False), ref)
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("tile", [2, 4])
+def test_kernel_adds_a_residual_before_the_relu(variant, tile):
+    # K = 21: the last out-channel vector is partial, so the residual is read through a mask;
+    # an NCHW residual is converted, a channels-last one read in place
+    args = quantized_args(2, 9, 21, 11, 10, tile, [1, 1], seed=4)
+    g = torch.Generator().manual_seed(1)
+    residual = torch.randint(-8, 9, (2, 21, 11, 10), generator=g).float() / 4
+    ref = winograd_int8_reference(*args, tile, [1, 1], True, residual)
+    assert not torch.equal(ref, winograd_int8_reference(*args, tile, [1, 1], True))
+    kernel = winograd_ops.cpu_kernel(variant)
+    for r in (residual, residual.contiguous(memory_format=torch.channels_last)):
+        assert_int_exact(kernel(*args, tile, [1, 1], True, r), ref)
+    with pytest.raises(RuntimeError, match="residual must be float32 shaped like the output"):
+        kernel(*args, tile, [1, 1], True, residual[:, :, :-1])
+
+
 def test_variants_agree():
     # same int32 accumulators; the fp32 epilogue may differ by FMA contraction (avx2 / avx512
     # builds fuse multiply-adds, generic does not), so up to the int-exact tolerance
@@ -113,6 +130,9 @@ def test_opcheck(tile):
     args = quantized_args(2, 6, 18, 7, 9, tile, [1, 0], seed=3)
     torch.library.opcheck(torch.ops.sparseforge.winograd_int8_conv2d.default,
                           (*args, tile, [1, 0], True))
+    residual = torch.randn(2, 18, 7, 7)
+    torch.library.opcheck(torch.ops.sparseforge.winograd_int8_conv2d.default,
+                          (*args, tile, [1, 0], True, residual))
 
 
 def test_op_rejects_wrongly_packed_weights_with_a_hint():

@@ -2,8 +2,8 @@
 (the BSR/BCR/CSR/N:M linears, the direct sparse conv) hands its epilogue to that kernel: an add
 of a tensor shaped like the kernel's output, then relu or gelu, in that order (the kernel
 computes act(x W^T + b + residual), see kernels/ops.py), becomes one call of the op with
-`residual` and `activation` set; the int8 Winograd conv takes a following relu into its output
-transform. Everything else (blocks of stock ops, what a kernel cannot take) is left to
+`residual` and `activation` set; the int8 Winograd conv takes the same add and a following relu
+into its output transform. Everything else (blocks of stock ops, what a kernel cannot take) is left to
 TorchInductor, which compiles the rewritten graph; TorchInductor treats our ops as opaque
 calls, so the epilogue would otherwise be a kernel of its own and one more trip through memory."""
 
@@ -29,7 +29,7 @@ aten = torch.ops.aten
 EPILOGUE_KERNELS = frozenset({"sparseforge::bsr_linear", "sparseforge::bcr_linear",
                               "sparseforge::csr_linear", "sparseforge::nm_linear",
                               "sparseforge::sparse_conv2d", "sparseforge::sparse_input_linear"})
-# our ops whose kernel fuses only a ReLU (a `relu` flag, applied in the output transform)
+# our ops whose kernel takes a residual but only a ReLU (a `relu` flag, in the output transform)
 RELU_KERNELS = frozenset({"sparseforge::winograd_int8_conv2d"})
 # our ops that take a FATReLU of their input as a prologue (`input_threshold`)
 PROLOGUE_KERNELS = frozenset({"sparseforge::sparse_input_linear"})
@@ -123,7 +123,8 @@ class Lowered:
 def lower_epilogues(gm: fx.GraphModule, plan: FusionPlan) -> list[Lowered]:
     """Rewrite `gm` in place: in each block seeded by an EPILOGUE_KERNELS op, the seed's single
     user chain [add(same-shaped tensor)] -> [relu | gelu] becomes the op's residual and
-    activation arguments; a RELU_KERNELS seed takes a following relu as its `relu` flag; a
+    activation arguments; a RELU_KERNELS seed takes the add as its residual and a following
+    relu as its `relu` flag; a
     PROLOGUE_KERNELS seed takes the FATReLU that computes its input as `input_threshold`.
     Returns what was lowered, block by block."""
     nodes = {n.name: n for n in gm.graph.nodes}
@@ -136,8 +137,7 @@ def lower_epilogues(gm: fx.GraphModule, plan: FusionPlan) -> list[Lowered]:
         members = set(block.nodes)
         absorbed, epilogue, residual, activation = [seed], [], None, "none"
         user = _only_user(seed, members)
-        if (kind in EPILOGUE_KERNELS and user is not None and user.target is aten.add.Tensor
-                and user.kwargs.get("alpha", 1) == 1):
+        if user is not None and user.target is aten.add.Tensor and user.kwargs.get("alpha", 1) == 1:
             other = [a for a in user.args if a is not seed]
             if len(user.args) == 2 and len(other) == 1 and isinstance(other[0], Node) and _like(other[0], seed):
                 residual = other[0]
@@ -152,7 +152,7 @@ def lower_epilogues(gm: fx.GraphModule, plan: FusionPlan) -> list[Lowered]:
         changes = {}
         if len(absorbed) > 1:
             changes = ({"activation": activation, "residual": residual} if kind in EPILOGUE_KERNELS
-                       else {"relu": True})
+                       else {"relu": activation == "relu", "residual": residual})
         fat = _fatrelu_input(seed, members) if kind in PROLOGUE_KERNELS else None
         if fat is not None:
             changes |= {"a": fat[0], "input_threshold": fat[1]}

@@ -83,7 +83,7 @@ def winograd_gemm(q_u: Tensor, q_v: Tensor, out_scale: Tensor) -> Tensor:
 
 def winograd_int8_conv2d(
     x: Tensor, u_packed: Tensor, u_sum: Tensor, v_scale: Tensor, out_scale: Tensor,
-    bias: Tensor | None, tile: int, padding: list[int], relu: bool,
+    bias: Tensor | None, tile: int, padding: list[int], relu: bool, residual: Tensor | None = None,
 ) -> Tensor:
     """`winograd_int8_reference` with its GEMM in Triton (fp32 transforms in PyTorch)."""
     pad = (padding[0], padding[1])
@@ -96,4 +96,6 @@ def winograd_int8_conv2d(
     y = output_transform(m, tile, n, ho, wo)
     if bias is not None:
         y = y + bias.float().reshape(1, -1, 1, 1)
+    if residual is not None:
+        y = y + residual.float()
     return torch.relu(y) if relu else y

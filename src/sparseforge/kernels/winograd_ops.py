@@ -19,7 +19,8 @@ FILE = "winograd_int8"
 
 lib.define(
     "winograd_int8_conv2d(Tensor x, Tensor u_packed, Tensor u_sum, Tensor v_scale, "
-    "Tensor out_scale, Tensor? bias, int tile, int[] padding, bool relu) -> Tensor"
+    "Tensor out_scale, Tensor? bias, int tile, int[] padding, bool relu, Tensor? residual=None) "
+    "-> Tensor"
 )
 
 winograd_int8_conv2d_reference = winograd_int8_reference  # the op's pure-PyTorch twin
@@ -28,7 +29,7 @@ winograd_int8_conv2d_reference = winograd_int8_reference  # the op's pure-PyTorc
 @torch.library.register_fake("sparseforge::winograd_int8_conv2d", lib=lib)
 def _winograd_int8_conv2d_fake(
     x: Tensor, u_packed: Tensor, u_sum: Tensor, v_scale: Tensor, out_scale: Tensor,
-    bias: Tensor | None, tile: int, padding: list[int], relu: bool,
+    bias: Tensor | None, tile: int, padding: list[int], relu: bool, residual: Tensor | None = None,
 ) -> Tensor:
     torch._check(tile in (2, 4), lambda: f"tile must be 2 or 4, got {tile}")
     torch._check(x.dim() == 4, lambda: "x must be (N, C, H, W)")
@@ -44,10 +45,10 @@ def cpu_kernel(variant: str | None = None) -> torch._ops.OpOverloadPacket:
     return extension.kernel("winograd_int8_conv2d", variant, file=FILE, variants=VARIANTS)
 
 
-def _winograd_int8_conv2d_cpu(*args: object) -> Tensor:
+def _winograd_int8_conv2d_cpu(*args: object, **kwargs: object) -> Tensor:
     if not extension.kernel_available("winograd_int8_conv2d", file=FILE, variants=VARIANTS):
-        return _channels_last(winograd_int8_reference(*args))
-    return cpu_kernel()(*args)
+        return _channels_last(winograd_int8_reference(*args, **kwargs))
+    return cpu_kernel()(*args, **kwargs)
 
 
 def _channels_last(y: Tensor) -> Tensor:
@@ -56,14 +57,14 @@ def _channels_last(y: Tensor) -> Tensor:
     return y.contiguous(memory_format=torch.channels_last)
 
 
-def _winograd_int8_conv2d_cuda(*args: object) -> Tensor:
+def _winograd_int8_conv2d_cuda(*args: object, **kwargs: object) -> Tensor:
     from . import triton_winograd  # imported here: keeps `import sparseforge` free of triton
 
     if not triton_winograd.has_triton():
         raise RuntimeError("sparseforge::winograd_int8_conv2d on CUDA runs a Triton kernel and "
                            "triton is not installed; pip install triton, or call "
                            "winograd_int8_conv2d_reference")
-    return _channels_last(triton_winograd.winograd_int8_conv2d(*args))
+    return _channels_last(triton_winograd.winograd_int8_conv2d(*args, **kwargs))
 
 
 lib.impl("winograd_int8_conv2d", _winograd_int8_conv2d_cpu, "CPU")
@@ -72,8 +73,9 @@ lib.impl("winograd_int8_conv2d", _winograd_int8_conv2d_cuda, "CUDA")
 
 def winograd_int8_conv2d(
     x: Tensor, u_packed: Tensor, u_sum: Tensor, v_scale: Tensor, out_scale: Tensor,
-    bias: Tensor | None, tile: int, padding: list[int], relu: bool,
+    bias: Tensor | None, tile: int, padding: list[int], relu: bool, residual: Tensor | None = None,
 ) -> Tensor:
-    """`torch.ops.sparseforge.winograd_int8_conv2d`: the fast path of `winograd_int8_reference`."""
+    """`torch.ops.sparseforge.winograd_int8_conv2d`: the fast path of `winograd_int8_reference`;
+    `residual` (shaped like the output) is added before the relu."""
     return torch.ops.sparseforge.winograd_int8_conv2d(
-        x, u_packed, u_sum, v_scale, out_scale, bias, tile, list(padding), relu)
+        x, u_packed, u_sum, v_scale, out_scale, bias, tile, list(padding), relu, residual)

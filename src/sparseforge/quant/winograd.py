@@ -130,11 +130,12 @@ def unpack_weights(u_packed: Tensor, k: int, c: int) -> Tensor:
 
 def winograd_int8_reference(
     x: Tensor, u_packed: Tensor, u_sum: Tensor, v_scale: Tensor, out_scale: Tensor,
-    bias: Tensor | None, tile: int, padding: list[int], relu: bool,
+    bias: Tensor | None, tile: int, padding: list[int], relu: bool, residual: Tensor | None = None,
 ) -> Tensor:
     """What `sparseforge::winograd_int8_conv2d` computes, in PyTorch: V = B^T d B (fp32),
     q_v = round(V / v_scale) per (position, channel), exact int64 GEMM with q_u per position,
-    M = acc * out_scale (a*a, K), Y = A^T M A + bias, then relu; float64 after the GEMM.
+    M = acc * out_scale (a*a, K), Y = A^T M A + bias + residual, then relu; float64 after the
+    GEMM.
     `u_sum` is the VNNI kernel's input; checked here, unused."""
     pad = _pair(padding)
     n, c, h, w = x.shape
@@ -148,4 +149,6 @@ def winograd_int8_reference(
     y = output_transform(m, tile, n, ho, wo)
     if bias is not None:
         y = y + bias.double().reshape(1, -1, 1, 1)
+    if residual is not None:
+        y = y + residual.double()
     return (torch.relu(y) if relu else y).float()
