@@ -2,10 +2,11 @@
 (the BSR/BCR/CSR/N:M linears, the direct sparse conv) hands its epilogue to that kernel: an add
 of a tensor shaped like the kernel's output, then relu or gelu, in that order (the kernel
 computes act(x W^T + b + residual), see kernels/ops.py), becomes one call of the op with
-`residual` and `activation` set; the int8 Winograd conv takes the same add and a following relu
-into its output transform. Everything else (blocks of stock ops, what a kernel cannot take) is left to
-TorchInductor, which compiles the rewritten graph; TorchInductor treats our ops as opaque
-calls, so the epilogue would otherwise be a kernel of its own and one more trip through memory."""
+`residual` and `activation` set; the int8 Winograd conv takes the same add and a following
+relu into its output transform. Everything else (blocks of stock ops, what a kernel cannot
+take) is left to TorchInductor, which compiles the rewritten graph; TorchInductor treats our
+ops as opaque calls, so the epilogue would otherwise be a kernel of its own and one more trip
+through memory."""
 
 from __future__ import annotations
 
