@@ -15,6 +15,7 @@ from torch import Tensor
 
 from ..quant.winograd import (
     input_transform,
+    output_epilogue,
     output_transform,
     quantize_symmetric,
     tile_grid,
@@ -93,9 +94,4 @@ def winograd_int8_conv2d(
     q_v = quantize_symmetric(input_transform(x.float(), tile, pad), v_scale[:, :, None])
     q_u = unpack_weights(u_packed, k, c).contiguous()  # (aa, K, C) int8
     m = winograd_gemm(q_u, q_v.to(torch.int8), out_scale)  # (aa, K, P)
-    y = output_transform(m, tile, n, ho, wo)
-    if bias is not None:
-        y = y + bias.float().reshape(1, -1, 1, 1)
-    if residual is not None:
-        y = y + residual.float()
-    return torch.relu(y) if relu else y
+    return output_epilogue(output_transform(m, tile, n, ho, wo), bias, residual, relu)

@@ -128,6 +128,16 @@ def unpack_weights(u_packed: Tensor, k: int, c: int) -> Tensor:
     return u_packed.permute(0, 2, 1, 3).reshape(aa, kp, cb * g)[:, :k, :c]
 
 
+def output_epilogue(y: Tensor, bias: Tensor | None, residual: Tensor | None, relu: bool) -> Tensor:
+    """relu(y + bias + residual) in y's dtype: the op's epilogue after the output transform,
+    shared by the reference (float64) and the CUDA path (float32)."""
+    if bias is not None:
+        y = y + bias.to(y.dtype).reshape(1, -1, 1, 1)
+    if residual is not None:
+        y = y + residual.to(y.dtype)
+    return torch.relu(y) if relu else y
+
+
 def winograd_int8_reference(
     x: Tensor, u_packed: Tensor, u_sum: Tensor, v_scale: Tensor, out_scale: Tensor,
     bias: Tensor | None, tile: int, padding: list[int], relu: bool, residual: Tensor | None = None,
@@ -146,9 +156,4 @@ def winograd_int8_reference(
     q_v = quantize_symmetric(input_transform(x.float(), tile, pad), v_scale[:, :, None]).long()
     acc = torch.matmul(q_u, q_v)  # (aa, K, P) int64, exact
     m = acc.double() * out_scale.double()[:, :, None]
-    y = output_transform(m, tile, n, ho, wo)
-    if bias is not None:
-        y = y + bias.double().reshape(1, -1, 1, 1)
-    if residual is not None:
-        y = y + residual.double()
-    return (torch.relu(y) if relu else y).float()
+    return output_epilogue(output_transform(m, tile, n, ho, wo), bias, residual, relu).float()
