@@ -6,8 +6,10 @@ same without freezing (what happens when the flag is missing), torchao `quantize
 dynamic (linears only), our int8 Winograd F(2,3) / F(4,3) for the 3x3 stride-1 convs (BatchNorm
 folded first, the other layers fp32 eager; the same model compiled by inductor with freezing,
 so the other layers run frozen fp32 around our op; and PT2E int8 of that model, so every other
-conv and linear runs oneDNN int8 around our op), and sparse + int8 (90% of every weight but the
-first layer's masked by magnitude, then PT2E int8; checked against its own fp32 model).
+conv and linear runs oneDNN int8 around our op, compiled with freezing as is and through the
+fusion planner, which folds the uint8 quantize / dequantize around our op into it), and sparse
++ int8 (90% of every weight but the first layer's masked by magnitude, then PT2E int8; checked
+against its own fp32 model).
 
     python benchmarks/quantization.py --out runs/quantization   # prints table, writes CSV
 """
@@ -87,6 +89,7 @@ def candidates(model: nn.Module, calib: list[torch.Tensor]) -> dict[str, tuple[n
             **{f"int8_winograd_f{t}": m for t, m in wino.items()},
             **{f"int8_winograd_f{t}_freeze": compile_frozen(m) for t, m in wino.items()},
             **{f"int8_pt2e_winograd_f{t}": to_int8(m, calib) for t, m in wino.items()},
+            **{f"int8_pt2e_winograd_f{t}_planner": to_int8(m, calib, fuse=True) for t, m in wino.items()},
             "sparse90_int8": to_int8(sparse_fp32, calib),
         }
     return {k: (m, sparse_fp32 if k.startswith("sparse") else model) for k, m in out.items()}

@@ -10,6 +10,11 @@
 // Input and output are channels last (NHWC memory, NCHW shape): L channels of a pixel are one
 // vector load or store; an NCHW input is converted once on entry (AVX-512: our own 16 x 16
 // register transposes, to_channels_last).
+// Input and output may also be PT2E's uint8 activations (its dequantize and quantize_per_tensor
+// folded in by the fusion planner): a uint8 x is read as q - zero point (exact integers, so V
+// is exact) and its scale goes into the V quantization (x_scale / v_scale); with y_scale the
+// epilogue writes clamp(round(y / y_scale) + zero point, 0, 255). A quarter of the bytes of
+// float32 on both sides, and no quantize / dequantize pass of their own.
 // U arrives packed (a*a, Cs/4, Kp, 4) int8 (quant/winograd.py pack_weights): 16 out channels x
 // 4 channels are one 64-byte row.
 //
@@ -31,6 +36,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #if defined(__AVX512VNNI__) || defined(__AVX2__)
@@ -70,8 +76,10 @@ constexpr int32_t kShift = 0;
 // Cs: channels rounded up to 4 (U's packing); Cv: the length of a V row in the block buffers
 // (Cs; rounded up to 64 for AMX, whose tile rows are 64 bytes).
 // xs: floats from one pixel of x to the next (C, or C rounded up to 16 from to_channels_last).
+// xzp: the zero point of a uint8 input (0 for float32).
 struct Problem {
   int64_t N, C, H, W, K, ph, pw, Ho, Wo, th, tw, P, Cs, Kp, Cv, xs;
+  int32_t xzp;
 };
 
 // Channels per step of the transforms: one native vector of fp32 (a zmm; on AVX2 a ymm; two
@@ -172,11 +180,33 @@ inline vecf load_n(const float* p, int64_t n) {
 #endif
 }
 
+// The first n of L uint8 at p minus the zero point, as fp32 (exact small integers), zero past
+// them: a quantized input's real values over its scale, which the V scales take in.
+inline vecf load_n(const uint8_t* p, int64_t n, int32_t zp) {
+#if SF_VNNI
+  const __mmask16 m = static_cast<__mmask16>((1u << n) - 1);
+  const __m128i b = n == L ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)) : _mm_maskz_loadu_epi8(m, p);
+  const __m512i q = _mm512_maskz_sub_epi32(m, _mm512_cvtepu8_epi32(b), _mm512_set1_epi32(zp));
+  return static_cast<vecf>(_mm512_cvtepi32_ps(q));
+#elif defined(__AVX2__)
+  if (n == L) {
+    const __m256i q = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+    return static_cast<vecf>(_mm256_cvtepi32_ps(_mm256_sub_epi32(q, _mm256_set1_epi32(zp))));
+  }
+#endif
+  vecf v = {};
+  for (int64_t l = 0; l < n; ++l) v[l] = static_cast<float>(static_cast<int32_t>(p[l]) - zp);
+  return v;
+}
+
+inline vecf load_n(const float* p, int64_t n, int32_t /*zp*/) { return load_n(p, n); }
+
 // L channels of pixel (yy, xx) of x (channels last), zero outside the image or past C.
-inline vecf pixel(const Problem& s, const float* x, int64_t n, int64_t yy, int64_t xx,
-                   int64_t c0, int64_t cl) {
+template <typename TX>
+inline vecf pixel(const Problem& s, const TX* x, int64_t n, int64_t yy, int64_t xx, int64_t c0,
+                  int64_t cl) {
   if (yy < 0 || yy >= s.H || xx < 0 || xx >= s.W) return vecf{};
-  return load_n(x + ((n * s.H + yy) * s.W + xx) * s.xs + c0, cl);  // NHWC: L floats
+  return load_n(x + ((n * s.H + yy) * s.W + xx) * s.xs + c0, cl, s.xzp);  // NHWC: L values
 }
 
 // V of one tile and L channels: t = B^T d a column at a time as d is loaded (so d and t are
@@ -208,9 +238,10 @@ inline void tile_transform(const Load& load, const float* inv, int64_t inv_ld, v
 
 // Phase 1 for tiles [p0, p1): V (a*a, rows, Cv) quantized (rows >= p1 - p0); L channels of a
 // pixel are one vector, so every transform step is an L-lane vector op on registers. Tiles
-// wholly inside the image with L real channels take plain loads; the rest mask.
-template <int M>
-void input_tiles(const Problem& s, const float* x, const float* inv, vtype* V, int64_t p0,
+// wholly inside the image with L real channels take plain loads; the rest mask. TX: float, or
+// uint8 (a quantized input: V is made from q - zero point, and inv holds x_scale / v_scale).
+template <int M, typename TX>
+void input_tiles(const Problem& s, const TX* x, const float* inv, vtype* V, int64_t p0,
                  int64_t p1, int64_t rows) {
   constexpr int A = M + 2;
   const int64_t inv_ld = s.Cs + L, dst_ld = rows * s.Cv;  // inv rows padded to Cs + L
@@ -218,14 +249,14 @@ void input_tiles(const Problem& s, const float* x, const float* inv, vtype* V, i
     const int64_t n = p / (s.th * s.tw), ty = (p / s.tw) % s.th, tx = p % s.tw;
     const int64_t y0 = ty * M - s.ph, x0 = tx * M - s.pw;
     const bool interior = y0 >= 0 && y0 + A <= s.H && x0 >= 0 && x0 + A <= s.W;
-    const float* corner = interior ? x + ((n * s.H + y0) * s.W + x0) * s.xs : x;  // (y0, x0)
+    const TX* corner = interior ? x + ((n * s.H + y0) * s.W + x0) * s.xs : x;  // (y0, x0)
     for (int64_t c0 = 0; c0 < s.Cs; c0 += L) {
       const int64_t cl = std::max<int64_t>(0, std::min<int64_t>(L, s.C - c0));  // real channels
       const int64_t cn = std::min<int64_t>(L, s.Cs - c0);                        // stored channels
       vtype* dst = V + (p - p0) * s.Cv + c0;
       if (interior && cl == L) {
-        const float* base = corner + c0;
-        tile_transform<M>([&](int i, int j) { return loadv(base + (i * s.W + j) * s.xs); },
+        const TX* base = corner + c0;
+        tile_transform<M>([&](int i, int j) { return load_n(base + (i * s.W + j) * s.xs, L, s.xzp); },
                           inv + c0, inv_ld, dst, dst_ld, cn);
       } else {
         tile_transform<M>([&](int i, int j) { return pixel(s, x, n, y0 + i, x0 + j, c0, cl); },
@@ -449,14 +480,57 @@ void gemm_block(const Problem& s, int A2, const vtype* V, int64_t nrows, int64_t
 // rows per position in a block's buffers for nt tiles (AMX loads V 16 rows at a time)
 int64_t block_rows(int64_t nt) { return (nt + kRowStep - 1) / kRowStep * kRowStep; }
 
+// Where phase 3 writes: float32, or uint8 quantized per tensor (q8 set) as PT2E's
+// quantize_per_tensor does: clamp(round_half_even(y * (1 / scale)) + zero point, 0, 255).
+struct Output {
+  float* f32;
+  uint8_t* q8;
+  float inv_scale, zero_point;
+};
+
+// Stores the first n of L values of y at index `at` of the output.
+inline void store_n(const Output& out, int64_t at, vecf y, int64_t n) {
+  if (out.q8) {
+    vecf r = y * out.inv_scale;
+#if SF_VNNI
+    r = static_cast<vecf>(_mm512_roundscale_ps(static_cast<__m512>(r), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#elif defined(__AVX2__)
+    r = static_cast<vecf>(_mm256_round_ps(static_cast<__m256>(r), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#else
+    for (int l = 0; l < L; ++l) r[l] = std::nearbyint(r[l]);
+#endif
+    r += out.zero_point;
+    r = r < 0.0f ? vecf{} : r;
+    r = r > 255.0f ? vecf{} + 255.0f : r;
+    const veci q = __builtin_convertvector(r, veci);  // 0..255
+#if SF_VNNI
+    _mm_mask_storeu_epi8(out.q8 + at, static_cast<__mmask16>((1u << n) - 1),
+                         _mm512_cvtepi32_epi8((__m512i)q));  // same 64 bytes
+#else
+    for (int64_t l = 0; l < n; ++l) out.q8[at + l] = static_cast<uint8_t>(q[l]);
+#endif
+    return;
+  }
+  float* o = out.f32 + at;
+  if (n == L) {
+    std::memcpy(o, &y, sizeof y);
+  } else {
+#if SF_VNNI
+    _mm512_mask_storeu_ps(o, static_cast<__mmask16>((1u << n) - 1), static_cast<__m512>(y));
+#else
+    for (int64_t l = 0; l < n; ++l) o[l] = y[l];
+#endif
+  }
+}
+
 // Phase 3 for tiles [p0, p1) and out channels [kb, k1): dequantize, Y = A^T M A, bias,
 // residual (channels last, as the output), relu
 // (L out channels per vector step), stored channels last. acc is the block's (rows, a*a, k1 - kb);
 // only the AMX GEMM leaves the +kShift correction (kShift * u_sum) to this step.
 template <int M>
 void output_tiles(const Problem& s, const int32_t* acc, const int32_t* u_sum, const float* oscale,
-                  const float* bias, const float* residual, bool relu, float* out, int64_t p0,
-                  int64_t p1, int64_t kb, int64_t k1) {
+                  const float* bias, const float* residual, bool relu, const Output& out,
+                  int64_t p0, int64_t p1, int64_t kb, int64_t k1) {
   constexpr int A = M + 2;
   const int64_t kc = k1 - kb;
   for (int64_t p = p0; p < p1; ++p) {
@@ -505,16 +579,7 @@ void output_tiles(const Problem& s, const int32_t* acc, const int32_t* u_sum, co
           const int64_t at = ((n * s.Ho + yy) * s.Wo + xx) * s.K + k0;  // NHWC: L floats
           if (residual) v += load_n(residual + at, kn);
           if (relu) v = v < 0.0f ? vecf{} : v;  // NaN stays NaN, as torch.relu
-          float* o = out + at;
-          if (kn == L) {
-            std::memcpy(o, &v, sizeof v);
-          } else {
-#if SF_VNNI
-            _mm512_mask_storeu_ps(o, static_cast<__mmask16>((1u << kn) - 1), static_cast<__m512>(v));
-#else
-            for (int64_t l = 0; l < kn; ++l) o[l] = v[l];
-#endif
-          }
+          store_n(out, at, v, kn);
         }
       }
     }
@@ -583,7 +648,7 @@ at::Tensor to_channels_last(const at::Tensor& x) {
 }
 #endif
 
-// 1 / v_scale (a*a rows of Cs + L), and u_sum, out_scale and the GEMM's accumulator start
+// x_scale / v_scale (a*a rows of Cs + L; x_scale is 1 for a float32 input), and u_sum, out_scale and the GEMM's accumulator start
 // -kShift * u_sum (a*a rows of Kp), zero-padded so the L-lane loops never read past a row.
 // Plain loops: as ATen ops (reciprocal, zeros, narrow, copy, mul) they cost ~60 us a call,
 // which a whole ResNet-18 pays at each of its 13 Winograd layers.
@@ -593,14 +658,14 @@ struct RowTables {
 };
 
 RowTables row_tables(const Problem& s, int A2, const at::Tensor& vs, const at::Tensor& us,
-                     const at::Tensor& os) {
+                     const at::Tensor& os, float x_scale) {
   RowTables r{std::vector<float>(A2 * (s.Cs + L)), std::vector<float>(A2 * s.Kp),
               std::vector<int32_t>(A2 * s.Kp), std::vector<int32_t>(A2 * s.Kp)};
   const float* v = vs.data_ptr<float>();
   const float* o = os.data_ptr<float>();
   const int32_t* u = us.data_ptr<int32_t>();
   for (int xi = 0; xi < A2; ++xi) {
-    for (int64_t c = 0; c < s.C; ++c) r.inv[xi * (s.Cs + L) + c] = 1.0f / v[xi * s.C + c];
+    for (int64_t c = 0; c < s.C; ++c) r.inv[xi * (s.Cs + L) + c] = 1.0f / v[xi * s.C + c] * x_scale;
     for (int64_t k = 0; k < s.K; ++k) {
       r.oscale[xi * s.Kp + k] = o[xi * s.K + k];
       r.u_sum[xi * s.Kp + k] = u[xi * s.K + k];
@@ -683,21 +748,32 @@ Jobs plan_jobs(const Problem& s, int A2) {
   return {best, kc};
 }
 
-template <int M>
-at::Tensor run(const Problem& s, const at::Tensor& x, const at::Tensor& up, const at::Tensor& us,
-               const at::Tensor& vs, const at::Tensor& os, const at::Tensor& b, bool relu,
-               const at::Tensor& r) {
+// The output's float32, or uint8 with y_scale (PT2E's quantize_per_tensor folded in).
+struct OutQuant {
+  std::optional<double> y_scale;
+  int64_t y_zero_point;
+};
+
+template <int M, typename TX>
+at::Tensor run(const Problem& s, const at::Tensor& x, float x_scale, const at::Tensor& up,
+               const at::Tensor& us, const at::Tensor& vs, const at::Tensor& os,
+               const at::Tensor& b, bool relu, const at::Tensor& r, const OutQuant& yq) {
   constexpr int A2 = (M + 2) * (M + 2);
-  const RowTables rt = row_tables(s, A2, vs, us, os);  // fp32 1 / scale, as the reference
-  at::Tensor out = at::empty({s.N, s.K, s.Ho, s.Wo}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  const RowTables rt = row_tables(s, A2, vs, us, os, x_scale);  // fp32 1 / scale, as the reference
+  const auto dtype = yq.y_scale ? at::kByte : at::kFloat;
+  at::Tensor out = at::empty({s.N, s.K, s.Ho, s.Wo},
+                             x.options().dtype(dtype).memory_format(at::MemoryFormat::ChannelsLast));
+  const Output o = yq.y_scale
+      ? Output{nullptr, out.data_ptr<uint8_t>(), static_cast<float>(1.0 / *yq.y_scale),
+               static_cast<float>(yq.y_zero_point)}
+      : Output{out.data_ptr<float>(), nullptr, 0.0f, 0.0f};
   const float* bp = b.defined() ? b.data_ptr<float>() : nullptr;
   const float* rp = r.defined() ? r.data_ptr<float>() : nullptr;
   const auto [tiles, kc] = plan_jobs(s, A2);
   // AMX reads U in whole tiles of 64 channels: pad its channel groups with zeros when needed
   const at::Tensor uv = s.Cv == s.Cs ? up : at::constant_pad_nd(up, {0, 0, 0, 0, 0, (s.Cv - s.Cs) / 4});
   const int8_t* u = uv.data_ptr<int8_t>();
-  const float* xp = x.data_ptr<float>();
-  float* outp = out.data_ptr<float>();
+  const TX* xp = x.data_ptr<TX>();
   const int64_t blocks = (s.P + tiles - 1) / tiles, chunks = (s.Kp + kc - 1) / kc;
   at::parallel_for(0, blocks * chunks, 1, [&](int64_t j0, int64_t j1) {
 #if SF_AMX
@@ -715,11 +791,11 @@ at::Tensor run(const Problem& s, const at::Tensor& x, const at::Tensor& up, cons
       const int64_t p0 = blk * tiles, p1 = std::min(s.P, p0 + tiles);
       const int64_t rows = block_rows(p1 - p0);
       if (blk != have) {
-        input_tiles<M>(s, xp, rt.inv.data(), V.get(), p0, p1, rows);
+        input_tiles<M, TX>(s, xp, rt.inv.data(), V.get(), p0, p1, rows);
         have = blk;
       }
       gemm_block(s, A2, V.get(), rows, p1 - p0, u, rt.init.data(), acc.get(), k0, k1);
-      output_tiles<M>(s, acc.get(), rt.u_sum.data(), rt.oscale.data(), bp, rp, relu, outp, p0, p1,
+      output_tiles<M>(s, acc.get(), rt.u_sum.data(), rt.oscale.data(), bp, rp, relu, o, p0, p1,
                       k0, k1);
     }
 #if SF_AMX
@@ -733,13 +809,23 @@ at::Tensor winograd_int8_conv2d(const at::Tensor& x_in, const at::Tensor& u_pack
                                 const at::Tensor& u_sum, const at::Tensor& v_scale,
                                 const at::Tensor& out_scale, const std::optional<at::Tensor>& bias,
                                 int64_t tile, at::IntArrayRef padding, bool relu,
-                                const std::optional<at::Tensor>& residual) {
+                                const std::optional<at::Tensor>& residual, double x_scale,
+                                int64_t x_zero_point, std::optional<double> y_scale,
+                                int64_t y_zero_point) {
   TORCH_CHECK(tile == 2 || tile == 4, "tile must be 2 (F(2,3)) or 4 (F(4,3)), got ", tile);
-  TORCH_CHECK(x_in.dim() == 4 && x_in.scalar_type() == at::kFloat, "x must be float32 (N, C, H, W)");
+  const bool q8 = x_in.scalar_type() == at::kByte;
+  TORCH_CHECK(x_in.dim() == 4 && (q8 || x_in.scalar_type() == at::kFloat),
+              "x must be float32 or uint8 (N, C, H, W), got ", x_in.scalar_type());
+  TORCH_CHECK(q8 || (x_scale == 1.0 && x_zero_point == 0),
+              "x_scale and x_zero_point describe a uint8 x; x is float32");
+  TORCH_CHECK(!q8 || (x_scale > 0 && x_zero_point >= 0 && x_zero_point <= 255),
+              "a uint8 x needs x_scale > 0 and x_zero_point in 0..255");
+  TORCH_CHECK(!y_scale || (*y_scale > 0 && y_zero_point >= 0 && y_zero_point <= 255),
+              "y_scale must be > 0 and y_zero_point in 0..255");
   TORCH_CHECK(padding.size() == 2 && padding[0] >= 0 && padding[1] >= 0, "padding must be [ph, pw] >= 0");
   const int64_t A2 = (tile + 2) * (tile + 2);
 #if SF_VNNI
-  const bool nchw = x_in.is_contiguous() && !x_in.is_contiguous(at::MemoryFormat::ChannelsLast);
+  const bool nchw = !q8 && x_in.is_contiguous() && !x_in.is_contiguous(at::MemoryFormat::ChannelsLast);
   const at::Tensor x = nchw ? to_channels_last(x_in) : x_in.contiguous(at::MemoryFormat::ChannelsLast);
 #else
   constexpr bool nchw = false;
@@ -748,6 +834,7 @@ at::Tensor winograd_int8_conv2d(const at::Tensor& x_in, const at::Tensor& u_pack
   Problem s{};
   s.N = x.size(0); s.C = x.size(1); s.H = x.size(2); s.W = x.size(3);
   s.xs = nchw ? (s.C + 15) / 16 * 16 : s.C;
+  s.xzp = static_cast<int32_t>(x_zero_point);
   s.K = out_scale.size(1); s.ph = padding[0]; s.pw = padding[1];
   s.Ho = s.H + 2 * s.ph - 2; s.Wo = s.W + 2 * s.pw - 2;
   TORCH_CHECK(s.Ho >= 1 && s.Wo >= 1, "input smaller than the 3x3 kernel after padding");
@@ -780,8 +867,13 @@ at::Tensor winograd_int8_conv2d(const at::Tensor& x_in, const at::Tensor& u_pack
   }
   const at::Tensor up = u_packed.contiguous(), us = u_sum.contiguous(), vs = v_scale.contiguous(),
                    os = out_scale.contiguous();
-  return tile == 2 ? run<2>(s, x, up, us, vs, os, b, relu, r)
-                   : run<4>(s, x, up, us, vs, os, b, relu, r);
+  const float xs = static_cast<float>(x_scale);
+  const OutQuant yq{y_scale, y_zero_point};
+  if (q8)
+    return tile == 2 ? run<2, uint8_t>(s, x, xs, up, us, vs, os, b, relu, r, yq)
+                     : run<4, uint8_t>(s, x, xs, up, us, vs, os, b, relu, r, yq);
+  return tile == 2 ? run<2, float>(s, x, xs, up, us, vs, os, b, relu, r, yq)
+                   : run<4, float>(s, x, xs, up, us, vs, os, b, relu, r, yq);
 }
 
 }  // namespace
@@ -789,7 +881,8 @@ at::Tensor winograd_int8_conv2d(const at::Tensor& x_in, const at::Tensor& u_pack
 TORCH_LIBRARY_FRAGMENT(sparseforge, m) {
   m.def("_winograd_int8_conv2d_" SF_STR(SF_ISA)
         "(Tensor x, Tensor u_packed, Tensor u_sum, Tensor v_scale, Tensor out_scale, "
-        "Tensor? bias, int tile, int[] padding, bool relu, Tensor? residual=None) -> Tensor");
+        "Tensor? bias, int tile, int[] padding, bool relu, Tensor? residual=None, "
+        "float x_scale=1.0, int x_zero_point=0, float? y_scale=None, int y_zero_point=0) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(sparseforge, CPU, m) {

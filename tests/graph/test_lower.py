@@ -223,6 +223,36 @@ def test_winograd_conv_takes_a_relu_and_the_residual_and_relu_of_a_block():
     assert not any("aten.add" in o or "aten.relu" in o for o in _ops(fusion.module.graph_module))
 
 
+def test_winograd_conv_in_a_pt2e_int8_graph_reads_and_writes_uint8():
+    # torchao's PT2E (to_int8 annotates the Winograd op's input as uint8): a's dequantize
+    # prologue and its relu -> quantize epilogue fold into the op, so b reads a's uint8
+    # output directly; b takes the block's add (the stem's float32 output) and relu
+    from sparseforge.quant.deploy import to_int8
+    from sparseforge.quant.winograd_conv import quantize_winograd
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(3, 8, 3, stride=2, padding=1)  # stays a oneDNN int8 conv
+            self.a, self.b = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+
+        def forward(self, x):
+            x = torch.relu(self.stem(x))
+            return torch.relu(self.b(torch.relu(self.a(x))) + x)
+
+    torch.manual_seed(10)
+    batches = [torch.randn(4, 3, 12, 12) for _ in range(3)]
+    int8 = to_int8(quantize_winograd(Block().eval(), batches, tile=2)[0], batches, compile=False)
+    fusion = check_equal(int8, batches[0], compile=False)
+    lowered = fusion.report.lowered
+    assert [lo.prologue for lo in lowered] == [["dequantize_per_tensor"]] * 2
+    assert [lo.epilogue for lo in lowered] == [["relu", "quantize_per_tensor"], ["add", "relu"]]
+    a, b = [n for n in fusion.module.graph_module.graph.nodes if "winograd" in str(n.target)]
+    assert a.kwargs["y_zero_point"] == b.kwargs["x_zero_point"] and a.kwargs["y_scale"] == b.kwargs["x_scale"]
+    assert b.args[0] is a and a.args[0].meta["val"].dtype == torch.uint8
+    assert a.meta["val"].dtype == torch.uint8 and b.meta["val"].dtype == torch.float32
+
+
 def test_sparse_input_linear_takes_the_fatrelu_and_residual_of_a_prosparse_ffn():
     from sparseforge.activation import FATReLU
     from sparseforge.kernels import SparseInputLinear

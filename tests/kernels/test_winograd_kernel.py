@@ -24,6 +24,7 @@ from sparseforge.kernels import extension, winograd_ops
 from sparseforge.quant.winograd import (
     input_transform,
     pack_weights,
+    quantize_uint8,
     quantize_weights,
     winograd_int8_reference,
 )
@@ -116,6 +117,59 @@ def test_kernel_adds_a_residual_before_the_relu(variant, tile):
         kernel(*args, tile, [1, 1], True, residual[:, :, :-1])
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("tile", [2, 4])
+def test_kernel_reads_a_uint8_input_as_its_dequantized_values(variant, tile):
+    # PT2E's dequantize folded in: with a power-of-two x_scale the dequantized input is a
+    # quarter-integer float32 tensor, and x_scale / v_scale rounds as 1 / v_scale does, so the
+    # uint8 call must equal the float32 call on (x - zero point) * x_scale exactly. C = 9:
+    # lanes past the channels are masked (they must read 0, not -zero point); K = 21.
+    _, *rest = quantized_args(2, 9, 21, 11, 10, tile, [1, 1], seed=5)
+    g = torch.Generator().manual_seed(2)
+    kernel = winograd_ops.cpu_kernel(variant)
+    for zp in (0, 131, 255):
+        xq = torch.randint(0, 256, (2, 9, 11, 10), generator=g, dtype=torch.uint8)
+        xq[0, :, :3] = zp  # real zeros, like the padding around the image
+        ref = kernel((xq.int() - zp).float() * 0.25, *rest, tile, [1, 1], True)
+        for x in (xq, xq.contiguous(memory_format=torch.channels_last)):
+            assert_int_exact(kernel(x, *rest, tile, [1, 1], True, None, 0.25, zp), ref)
+        assert_int_exact(winograd_int8_reference(xq, *rest, tile, [1, 1], True, None, 0.25, zp), ref)
+    # any scale: the kernel against the reference of the same algorithm
+    ref = winograd_int8_reference(xq, *rest, tile, [1, 1], True, None, 0.0123, 7)
+    assert_int_exact(kernel(xq, *rest, tile, [1, 1], True, None, 0.0123, 7), ref)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("tile", [2, 4])
+def test_kernel_writes_a_uint8_output_as_pt2e_quantize_per_tensor(variant, tile):
+    # PT2E's quantize_per_tensor folded into the epilogue, after bias, residual and relu: the
+    # codes equal quantizing the op's own float32 output, exactly (values past 0..255 clamp)
+    import torchao.quantization.pt2e  # noqa: F401  (registers quantized_decomposed, PT2E's q/dq ops)
+
+    args = quantized_args(2, 9, 21, 11, 10, tile, [1, 1], seed=6)
+    residual = torch.randn(2, 21, 11, 10, generator=torch.Generator().manual_seed(3))
+    kernel = winograd_ops.cpu_kernel(variant)
+    for relu, r, scale, zp in ((True, None, 0.05, 0), (False, residual, 0.037, 128)):
+        y = kernel(*args, tile, [1, 1], relu, r)
+        q = kernel(*args, tile, [1, 1], relu, r, 1.0, 0, scale, zp)
+        assert q.dtype == torch.uint8 and q.is_contiguous(memory_format=torch.channels_last)
+        expected = torch.ops.quantized_decomposed.quantize_per_tensor(y, scale, zp, 0, 255, torch.uint8)
+        assert torch.equal(q, expected)
+        assert torch.equal(quantize_uint8(y, scale, zp), expected)
+        assert 0 < (q == 255).sum() and (q == 0).sum() > 0  # both clamps are exercised
+
+
+def test_kernel_rejects_inconsistent_quantization_arguments():
+    x, *rest = quantized_args(1, 6, 5, 6, 6, 2, [1, 1], seed=0)
+    kernel = winograd_ops.cpu_kernel(VARIANTS[-1])
+    with pytest.raises(RuntimeError, match="x_scale and x_zero_point describe a uint8 x"):
+        kernel(x, *rest, 2, [1, 1], False, None, 0.5, 3)
+    with pytest.raises(RuntimeError, match="x_zero_point in 0..255"):
+        kernel(x.to(torch.uint8), *rest, 2, [1, 1], False, None, 0.5, 300)
+    with pytest.raises(RuntimeError, match="y_scale must be > 0"):
+        kernel(x, *rest, 2, [1, 1], False, None, 1.0, 0, 0.0, 0)
+
+
 def test_variants_agree():
     # same int32 accumulators; the fp32 epilogue may differ by FMA contraction (avx2 / avx512
     # builds fuse multiply-adds, generic does not), so up to the int-exact tolerance
@@ -133,6 +187,9 @@ def test_opcheck(tile):
     residual = torch.randn(2, 18, 7, 7)
     torch.library.opcheck(torch.ops.sparseforge.winograd_int8_conv2d.default,
                           (*args, tile, [1, 0], True, residual))
+    xq = (args[0] * 4 + 8).to(torch.uint8)  # uint8 in and out (PT2E's q/dq folded in)
+    torch.library.opcheck(torch.ops.sparseforge.winograd_int8_conv2d.default,
+                          (xq, *args[1:], tile, [1, 0], True, None, 0.25, 8, 0.1, 3))
 
 
 def test_op_rejects_wrongly_packed_weights_with_a_hint():

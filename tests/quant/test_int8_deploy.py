@@ -77,20 +77,27 @@ def test_int8_deploy_of_a_module_called_twice():
     assert (out - ref).abs().max() < 0.05 * ref.abs().max()
 
 
-def test_int8_deploy_around_our_winograd_layers():
-    # BatchNorm folding makes the Winograd model an fx GraphModule whose recorded module stack
-    # still named the swapped conv nn.Conv2d, and the quantizer then took our op for a conv
+def winograd_cnn() -> tuple[nn.Module, nn.Module, list[torch.Tensor], torch.Generator]:
+    """(fp32 model, its int8 Winograd copy with BatchNorm folded, calibration batches, rng)."""
     from sparseforge.quant.winograd_conv import quantize_winograd
 
     torch.manual_seed(0)
     model = nn.Sequential(
         nn.Conv2d(1, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),  # stays a conv
         nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),  # becomes Winograd
+        nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),  # Winograd, reading the one before's uint8
         nn.Flatten(), nn.Linear(8 * 4 * 4, 10)).eval()
     g = torch.Generator().manual_seed(1)
     calib = [torch.randn(8, 1, 8, 8, generator=g) for _ in range(4)]
     wino, skipped = quantize_winograd(model, calib, tile=2, fold_bn=True)
     assert len(skipped) == 1  # the stride-2 conv
+    return model, wino, calib, g
+
+
+def test_int8_deploy_around_our_winograd_layers():
+    # BatchNorm folding makes the Winograd model an fx GraphModule whose recorded module stack
+    # still named the swapped conv nn.Conv2d, and the quantizer then took our op for a conv
+    model, wino, calib, g = winograd_cnn()
     x = torch.randn(16, 1, 8, 8, generator=g)
     with torch.no_grad():
         out, code = run_and_get_code(to_int8(wino, calib), x)
@@ -99,6 +106,26 @@ def test_int8_deploy_around_our_winograd_layers():
     assert "onednn.qconv_pointwise" in code and "onednn.qlinear_pointwise" in code
     assert "winograd_int8_conv2d" in code
     assert (out - ref).abs().max() < 0.1 * ref.abs().max()
+
+
+def test_int8_deploy_through_the_planner_passes_uint8_into_and_out_of_our_winograd_op():
+    # fuse=True: the fusion planner folds the quantize / dequantize around our op into it,
+    # one lowering per input shape; the stride-2 conv and the linear stay oneDNN int8
+    model, wino, calib, g = winograd_cnn()
+    planned, frozen = to_int8(wino, calib, fuse=True), to_int8(wino, calib)
+    x = torch.randn(16, 1, 8, 8, generator=g)
+    with torch.no_grad():
+        (out, code), ref, base = run_and_get_code(planned, x), model(x), frozen(x)
+        torch.testing.assert_close(planned(x[:3]), base[:3], rtol=0, atol=0.02 * base.abs().max())
+    assert sorted(planned.lowered) == [(3, 1, 8, 8), (16, 1, 8, 8)]
+    assert (out - ref).abs().max() < 0.1 * ref.abs().max()
+    assert (out - base).abs().max() < 0.02 * base.abs().max()  # int8 as to_int8's, rounded apart
+    gm = planned.lowered[(16, 1, 8, 8)].graph_module
+    first, second = [n for n in gm.graph.nodes if "winograd" in str(n.target)]
+    assert "y_scale" in first.kwargs and second.args[0] is first and "x_scale" in second.kwargs
+    code = "".join(code)
+    assert "onednn.qconv_pointwise" in code and "onednn.qlinear_pointwise" in code
+    assert "winograd_int8_conv2d" in code
 
 
 def test_int8_deploy_needs_a_batch_to_export():

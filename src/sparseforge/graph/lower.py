@@ -63,6 +63,21 @@ def _only_user(node: Node, members: set[str]) -> Node | None:
     return users[0] if len(users) == 1 and users[0].name in members else None
 
 
+def _uint8_qparams(node: object, name: str) -> tuple[Node, float, int] | None:
+    """(input, scale, zero point) when `node` is PT2E's per-tensor `name` (quantize_per_tensor
+    or dequantize_per_tensor, quantized_decomposed) of a uint8 activation over 0..255 with
+    constant parameters, else None."""
+    schema = getattr(getattr(node, "target", None), "_schema", None)
+    if (schema is None or schema.name != f"quantized_decomposed::{name}" or schema.overload_name
+            or len(node.args) < 6):
+        return None
+    x, scale, zero_point, qmin, qmax, dtype = node.args[:6]
+    if (qmin, qmax, dtype) != (0, 255, torch.uint8) or not isinstance(scale, float) \
+            or not isinstance(zero_point, int):
+        return None
+    return x, scale, zero_point
+
+
 def _has_epilogue(node: Node) -> bool:
     names = (a.name for a in node.target._schema.arguments)
     bound = dict(zip(names, node.args, strict=False)) | dict(node.kwargs)
@@ -121,11 +136,40 @@ class Lowered:
     prologue: list[str] = field(default_factory=list)  # e.g. ['ge', 'zeros_like', 'where']
 
 
+def _fold_epilogue(seed: Node, kind: str, members: set[str], absorbed: list[Node],
+                   epilogue: list[str]) -> tuple[dict[str, Any], Node | None]:
+    """The seed's argument changes for its single-user chain [add(same-shaped tensor)] ->
+    [activation], appending the nodes to `absorbed` and their ops to `epilogue`; also the next
+    user in the block after them (None when there is no single one)."""
+    residual, activation = None, "none"
+    user = _only_user(seed, members)
+    if user is not None and user.target is aten.add.Tensor and user.kwargs.get("alpha", 1) == 1:
+        other = [a for a in user.args if a is not seed]
+        if len(user.args) == 2 and len(other) == 1 and isinstance(other[0], Node) and _like(other[0], seed):
+            residual = other[0]
+            absorbed.append(user)
+            epilogue.append("add")
+            user = _only_user(user, members)
+    act = _activation(user) if user is not None else None
+    if act is not None and (kind in EPILOGUE_KERNELS or act == "relu"):
+        activation = act
+        absorbed.append(user)
+        epilogue.append(op_name(user.target))
+        user = _only_user(user, members)
+    if len(absorbed) == 1:
+        return {}, user
+    changes = ({"activation": activation, "residual": residual} if kind in EPILOGUE_KERNELS
+               else {"relu": activation == "relu", "residual": residual})
+    return changes, user
+
+
 def lower_epilogues(gm: fx.GraphModule, plan: FusionPlan) -> list[Lowered]:
     """Rewrite `gm` in place: in each block seeded by an EPILOGUE_KERNELS op, the seed's single
     user chain [add(same-shaped tensor)] -> [relu | gelu] becomes the op's residual and
     activation arguments; a RELU_KERNELS seed takes the add as its residual and a following
-    relu as its `relu` flag; a
+    relu as its `relu` flag, then PT2E's uint8 quantize_per_tensor of the result as its
+    `y_scale` (a uint8 output), and the dequantize_per_tensor that computes its input as
+    `x_scale` (a uint8 input); a
     PROLOGUE_KERNELS seed takes the FATReLU that computes its input as `input_threshold`.
     Returns what was lowered, block by block."""
     nodes = {n.name: n for n in gm.graph.nodes}
@@ -133,30 +177,27 @@ def lower_epilogues(gm: fx.GraphModule, plan: FusionPlan) -> list[Lowered]:
     for block in plan.blocks:
         seed = nodes.get(block.seed)
         kind = op_name(seed.target) if seed is not None else ""
-        if kind not in EPILOGUE_KERNELS | RELU_KERNELS or _has_epilogue(seed):
+        if kind not in EPILOGUE_KERNELS | RELU_KERNELS:
             continue
         members = set(block.nodes)
-        absorbed, epilogue, residual, activation = [seed], [], None, "none"
-        user = _only_user(seed, members)
-        if user is not None and user.target is aten.add.Tensor and user.kwargs.get("alpha", 1) == 1:
-            other = [a for a in user.args if a is not seed]
-            if len(user.args) == 2 and len(other) == 1 and isinstance(other[0], Node) and _like(other[0], seed):
-                residual = other[0]
-                absorbed.append(user)
-                epilogue.append("add")
-                user = _only_user(user, members)
-        act = _activation(user) if user is not None else None
-        if act is not None and (kind in EPILOGUE_KERNELS or act == "relu"):
-            activation = act
+        absorbed, epilogue = [seed], []
+        if _has_epilogue(seed):  # set by its module (e.g. WinogradConv2d's relu): kept
+            changes, user = {}, _only_user(seed, members)
+        else:
+            changes, user = _fold_epilogue(seed, kind, members, absorbed, epilogue)
+        if kind in RELU_KERNELS and (quant := _uint8_qparams(user, "quantize_per_tensor")) is not None:
+            changes |= {"y_scale": quant[1], "y_zero_point": quant[2]}
             absorbed.append(user)
-            epilogue.append(op_name(user.target))
-        changes = {}
-        if len(absorbed) > 1:
-            changes = ({"activation": activation, "residual": residual} if kind in EPILOGUE_KERNELS
-                       else {"relu": activation == "relu", "residual": residual})
+            epilogue.append("quantize_per_tensor")
         fat = _fatrelu_input(seed, members) if kind in PROLOGUE_KERNELS else None
         if fat is not None:
             changes |= {"a": fat[0], "input_threshold": fat[1]}
+        # the dequantize may sit in the block before (the quantize -> dequantize pair after
+        # the previous layer): the op reading the quantized tensor in its place is legal anyway
+        dequant = seed.args[0]
+        dq = _uint8_qparams(dequant, "dequantize_per_tensor") if kind in RELU_KERNELS else None
+        if dq is not None:
+            changes |= {"x": dq[0], "x_scale": dq[1], "x_zero_point": dq[2]}
         last = absorbed[-1]
         if changes:
             with gm.graph.inserting_before(last):
@@ -168,12 +209,20 @@ def lower_epilogues(gm: fx.GraphModule, plan: FusionPlan) -> list[Lowered]:
                     gm.graph.erase_node(check)
                 gm.graph.erase_node(n)
         prologue = fat[2] if fat is not None else []
+        if dq is not None:  # the dequantize stays where something else still reads it
+            prologue = [dequant] if set(dequant.users) <= set(_checks(dequant)) else []
+            prologue_ops = ["dequantize_per_tensor"]
+        else:
+            prologue_ops = [op_name(n.target) for n in prologue]
         for n in reversed(prologue):  # users first: where, then its inputs
+            for check in _checks(n):
+                gm.graph.erase_node(check)
             gm.graph.erase_node(n)
         taken = {n.name for n in [*prologue, *absorbed]}
         rest = [op for name, op in zip(block.nodes, block.ops, strict=True) if name not in taken and op != "getitem"]
-        done.append(Lowered(block.id, op_name(seed.target), epilogue, sorted(taken, key=block.nodes.index), rest,
-                            [op_name(n.target) for n in prologue]))
+        order = [n.name for n in prologue if n.name not in members] + block.nodes  # prologue first
+        done.append(Lowered(block.id, op_name(seed.target), epilogue, sorted(taken, key=order.index), rest,
+                            prologue_ops))
     gm.graph.lint()
     gm.recompile()
     return done

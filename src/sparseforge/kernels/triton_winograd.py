@@ -14,10 +14,10 @@ import torch
 from torch import Tensor
 
 from ..quant.winograd import (
-    input_transform,
     output_epilogue,
     output_transform,
-    quantize_symmetric,
+    quantize_uint8,
+    quantized_input_transform,
     tile_grid,
     unpack_weights,
 )
@@ -85,13 +85,17 @@ def winograd_gemm(q_u: Tensor, q_v: Tensor, out_scale: Tensor) -> Tensor:
 def winograd_int8_conv2d(
     x: Tensor, u_packed: Tensor, u_sum: Tensor, v_scale: Tensor, out_scale: Tensor,
     bias: Tensor | None, tile: int, padding: list[int], relu: bool, residual: Tensor | None = None,
+    x_scale: float = 1.0, x_zero_point: int = 0, y_scale: float | None = None,
+    y_zero_point: int = 0,
 ) -> Tensor:
-    """`winograd_int8_reference` with its GEMM in Triton (fp32 transforms in PyTorch)."""
+    """`winograd_int8_reference` with its GEMM in Triton (fp32 transforms and the uint8
+    input / output conversions in PyTorch)."""
     pad = (padding[0], padding[1])
     n, c, h, w = x.shape
     k = out_scale.shape[1]
     ho, wo, _, _ = tile_grid(h, w, tile, pad)
-    q_v = quantize_symmetric(input_transform(x.float(), tile, pad), v_scale[:, :, None])
+    q_v = quantized_input_transform(x, v_scale, tile, pad, x_scale, x_zero_point)
     q_u = unpack_weights(u_packed, k, c).contiguous()  # (aa, K, C) int8
     m = winograd_gemm(q_u, q_v.to(torch.int8), out_scale)  # (aa, K, P)
-    return output_epilogue(output_transform(m, tile, n, ho, wo), bias, residual, relu)
+    y = output_epilogue(output_transform(m, tile, n, ho, wo), bias, residual, relu)
+    return y if y_scale is None else quantize_uint8(y, y_scale, y_zero_point)

@@ -19,8 +19,8 @@ FILE = "winograd_int8"
 
 lib.define(
     "winograd_int8_conv2d(Tensor x, Tensor u_packed, Tensor u_sum, Tensor v_scale, "
-    "Tensor out_scale, Tensor? bias, int tile, int[] padding, bool relu, Tensor? residual=None) "
-    "-> Tensor"
+    "Tensor out_scale, Tensor? bias, int tile, int[] padding, bool relu, Tensor? residual=None, "
+    "float x_scale=1.0, int x_zero_point=0, float? y_scale=None, int y_zero_point=0) -> Tensor"
 )
 
 winograd_int8_conv2d_reference = winograd_int8_reference  # the op's pure-PyTorch twin
@@ -30,14 +30,19 @@ winograd_int8_conv2d_reference = winograd_int8_reference  # the op's pure-PyTorc
 def _winograd_int8_conv2d_fake(
     x: Tensor, u_packed: Tensor, u_sum: Tensor, v_scale: Tensor, out_scale: Tensor,
     bias: Tensor | None, tile: int, padding: list[int], relu: bool, residual: Tensor | None = None,
+    x_scale: float = 1.0, x_zero_point: int = 0, y_scale: float | None = None,
+    y_zero_point: int = 0,
 ) -> Tensor:
     torch._check(tile in (2, 4), lambda: f"tile must be 2 or 4, got {tile}")
     torch._check(x.dim() == 4, lambda: "x must be (N, C, H, W)")
+    torch._check(x.dtype in (torch.float32, torch.uint8), lambda: "x must be float32 or uint8")
     torch._check(u_packed.dim() == 4 and u_packed.dtype == torch.int8,
                  lambda: "u_packed must be int8 (a*a, ceil(C/4), Kp, 4): use pack_weights")
     ho, wo, _, _ = tile_grid(x.shape[2], x.shape[3], tile, (padding[0], padding[1]))
+    dtype = torch.float32 if y_scale is None else torch.uint8
     # (N, K, Ho, Wo), channels last as the kernels write it
-    return x.new_empty((x.shape[0], out_scale.shape[1], ho, wo)).to(memory_format=torch.channels_last)
+    return x.new_empty((x.shape[0], out_scale.shape[1], ho, wo), dtype=dtype).to(
+        memory_format=torch.channels_last)
 
 
 def cpu_kernel(variant: str | None = None) -> torch._ops.OpOverloadPacket:
@@ -74,8 +79,13 @@ lib.impl("winograd_int8_conv2d", _winograd_int8_conv2d_cuda, "CUDA")
 def winograd_int8_conv2d(
     x: Tensor, u_packed: Tensor, u_sum: Tensor, v_scale: Tensor, out_scale: Tensor,
     bias: Tensor | None, tile: int, padding: list[int], relu: bool, residual: Tensor | None = None,
+    x_scale: float = 1.0, x_zero_point: int = 0, y_scale: float | None = None,
+    y_zero_point: int = 0,
 ) -> Tensor:
     """`torch.ops.sparseforge.winograd_int8_conv2d`: the fast path of `winograd_int8_reference`;
-    `residual` (shaped like the output) is added before the relu."""
+    `residual` (shaped like the output) is added before the relu. A uint8 `x` with `x_scale`
+    and `x_zero_point`, and `y_scale` / `y_zero_point` for a uint8 output, are PT2E's
+    dequantize and quantize_per_tensor folded into the op (`quant.deploy.fold_winograd_qdq`)."""
     return torch.ops.sparseforge.winograd_int8_conv2d(
-        x, u_packed, u_sum, v_scale, out_scale, bias, tile, list(padding), relu, residual)
+        x, u_packed, u_sum, v_scale, out_scale, bias, tile, list(padding), relu, residual,
+        x_scale, x_zero_point, y_scale, y_zero_point)

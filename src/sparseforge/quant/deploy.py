@@ -50,17 +50,38 @@ def _plain_copy(model: nn.Module) -> nn.Module:
     return bake_masks(copy.deepcopy(model)).eval()
 
 
+class PlannedPerShape(nn.Module):
+    """An int8 graph lowered by the fusion planner (`graph.lower.fuse_model`, with freezing),
+    once per input shape (a lowering is for static shapes, as torch.compile with
+    dynamic=False compiles once per shape): our kernels take the quantize / dequantize around
+    them, the rest goes to TorchInductor as in `compile_frozen`."""
+
+    def __init__(self, converted: nn.Module) -> None:
+        super().__init__()
+        self.converted = converted
+        self.lowered: dict[tuple[int, ...], object] = {}
+
+    def forward(self, x: Tensor) -> Tensor:
+        from ..graph.lower import fuse_model  # imported here: graph imports this package
+
+        shape = tuple(x.shape)
+        if shape not in self.lowered:
+            self.lowered[shape] = fuse_model(self.converted, x, freezing=True).module
+        return self.lowered[shape](x)
+
+
 def to_int8(
     model: nn.Module, example_batches: Iterable, *, calibration_batches: int = 16,
-    compile: bool = True,
+    compile: bool = True, fuse: bool = False,
 ) -> nn.Module:
     """An int8 copy of `model` for CPU inference: export (batch dim dynamic), prepare with the
-    X86InductorQuantizer, calibrate on up to `calibration_batches` of `example_batches`
-    (tensors or (x, y) pairs; the first must have batch size > 1), convert, and compile with
-    freezing. `compile=False` returns the converted (q/dq reference) graph module."""
+    X86InductorQuantizer (and, for our Winograd op, `WinogradInputQuantizer`), calibrate on up
+    to `calibration_batches` of `example_batches` (tensors or (x, y) pairs; the first must have
+    batch size > 1), convert, and compile with freezing. `fuse=True` lowers through the fusion
+    planner instead (`PlannedPerShape`), which folds the quantize / dequantize around our
+    Winograd op into it; `compile=False` returns the converted (q/dq reference) graph module."""
     from torchao.quantization.pt2e import allow_exported_model_train_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
 
     plain = _plain_copy(model)
     batches = [_inputs(b) for b in itertools.islice(example_batches, calibration_batches)]
@@ -75,14 +96,29 @@ def to_int8(
         exported = torch.export.export(plain, (example,), dynamic_shapes=({0: batch},)).module()
         _true_module_classes(exported, plain)
         _separate_module_calls(exported)
-        quantizer = x86.X86InductorQuantizer()
-        quantizer.set_global(x86.get_default_x86_inductor_quantization_config())
-        prepared = prepare_pt2e(exported, quantizer)
+        prepared = prepare_pt2e(exported, _quantizer(exported))
         for x in batches:
             prepared(x)
         converted = convert_pt2e(prepared)
     allow_exported_model_train_eval(converted)  # so `.eval()` (e.g. in `evaluate`) works
-    return compile_frozen(converted) if compile else converted
+    if not compile:
+        return converted
+    return PlannedPerShape(converted) if fuse else compile_frozen(converted)
+
+
+def _quantizer(gm: torch.fx.GraphModule):
+    """The X86InductorQuantizer (default config); for a graph holding our int8 Winograd op,
+    composed with `WinogradInputQuantizer`, so the op's inputs become uint8 too."""
+    from torchao.quantization.pt2e.quantizer import ComposableQuantizer
+    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
+
+    from .winograd_pt2e import WinogradInputQuantizer, is_winograd
+
+    x86_quantizer = x86.X86InductorQuantizer()
+    x86_quantizer.set_global(x86.get_default_x86_inductor_quantization_config())
+    if not any(is_winograd(n) for n in gm.graph.nodes):
+        return x86_quantizer
+    return ComposableQuantizer([x86_quantizer, WinogradInputQuantizer()])
 
 
 def _true_module_classes(gm: torch.fx.GraphModule, model: nn.Module) -> None:

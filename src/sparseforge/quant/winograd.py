@@ -93,11 +93,19 @@ def winograd_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None, tile: int,
 # --- the quantized algorithm -----------------------------------------------------------------
 
 
-def quantize_symmetric(t: Tensor, scale: Tensor) -> Tensor:
-    """int8 codes round(t * (1 / scale)) (half to even), clamped to -127..127, as int32; `scale`
-    broadcasts against t. fp32 like the kernels: 1/scale and the product are fp32-rounded."""
-    inv = 1.0 / scale.float()
+def quantize_symmetric(t: Tensor, scale: Tensor, t_scale: float = 1.0) -> Tensor:
+    """int8 codes round(t * (t_scale / scale)) (half to even), clamped to -127..127, as int32;
+    `scale` broadcasts against t; `t_scale` is what t's units are worth (a quantized input's
+    scale). fp32 like the kernels: (1 / scale) * t_scale and the product are fp32-rounded."""
+    inv = (1.0 / scale.float()) * torch.tensor(t_scale, dtype=torch.float32)
     return torch.round(t.float() * inv).clamp(-QMAX, QMAX).to(torch.int32)
+
+
+def quantize_uint8(y: Tensor, scale: float, zero_point: int) -> Tensor:
+    """PT2E's quantize_per_tensor to uint8, in fp32 as the kernels' epilogue:
+    clamp(round_half_even(y * (1 / scale)) + zero_point, 0, 255)."""
+    inv = torch.tensor(1.0 / scale, dtype=torch.float32)
+    return (torch.round(y.float() * inv) + zero_point).clamp(0, 255).to(torch.uint8)
 
 
 def quantize_weights(weight: Tensor, v_scale: Tensor, tile: int) -> tuple[Tensor, Tensor]:
@@ -141,11 +149,15 @@ def output_epilogue(y: Tensor, bias: Tensor | None, residual: Tensor | None, rel
 def winograd_int8_reference(
     x: Tensor, u_packed: Tensor, u_sum: Tensor, v_scale: Tensor, out_scale: Tensor,
     bias: Tensor | None, tile: int, padding: list[int], relu: bool, residual: Tensor | None = None,
+    x_scale: float = 1.0, x_zero_point: int = 0, y_scale: float | None = None,
+    y_zero_point: int = 0,
 ) -> Tensor:
     """What `sparseforge::winograd_int8_conv2d` computes, in PyTorch: V = B^T d B (fp32),
     q_v = round(V / v_scale) per (position, channel), exact int64 GEMM with q_u per position,
     M = acc * out_scale (a*a, K), Y = A^T M A + bias + residual, then relu; float64 after the
-    GEMM.
+    GEMM. A uint8 `x` is PT2E's quantized activation: d = x - x_zero_point, and V's codes are
+    round(V * x_scale / v_scale). With `y_scale` the output is quantized to uint8
+    (`quantize_uint8`) from its fp32 value.
     `u_sum` is the VNNI kernel's input; checked here, unused."""
     pad = _pair(padding)
     n, c, h, w = x.shape
@@ -153,7 +165,16 @@ def winograd_int8_reference(
     ho, wo, _, _ = tile_grid(h, w, tile, pad)
     q_u = unpack_weights(u_packed, k, c).long()  # (aa, K, C)
     torch._check(torch.equal(q_u.sum(2), u_sum.long()), lambda: "u_sum must be q_u.sum(channels)")
-    q_v = quantize_symmetric(input_transform(x.float(), tile, pad), v_scale[:, :, None]).long()
+    q_v = quantized_input_transform(x, v_scale, tile, pad, x_scale, x_zero_point).long()
     acc = torch.matmul(q_u, q_v)  # (aa, K, P) int64, exact
     m = acc.double() * out_scale.double()[:, :, None]
-    return output_epilogue(output_transform(m, tile, n, ho, wo), bias, residual, relu).float()
+    y = output_epilogue(output_transform(m, tile, n, ho, wo), bias, residual, relu).float()
+    return y if y_scale is None else quantize_uint8(y, y_scale, y_zero_point)
+
+
+def quantized_input_transform(x: Tensor, v_scale: Tensor, tile: int, padding: tuple[int, int],
+                              x_scale: float = 1.0, x_zero_point: int = 0) -> Tensor:
+    """V's int8 codes (a*a, C, P) as int32: of x (float32), or of a uint8 x with its scale and
+    zero point (V made from x - zero point, exact, and quantized by x_scale / v_scale)."""
+    d = (x.int() - x_zero_point).float() if x.dtype == torch.uint8 else x.float()
+    return quantize_symmetric(input_transform(d, tile, padding), v_scale[:, :, None], x_scale)
