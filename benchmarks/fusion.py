@@ -31,7 +31,7 @@ from sparseforge.models import create_model
 from sparseforge.profile import machine_info
 from sparseforge.profile.latency import interleaved
 from sparseforge.profile.rows import write_csv
-from sparseforge.quant.deploy import to_int8
+from sparseforge.quant.deploy import compile_frozen, to_int8
 from sparseforge.quant.winograd_conv import quantize_winograd
 from sparseforge.runtime import CANDIDATES, DeployedModel, apply_plan, deploy
 from sparseforge.runtime.candidates import DENSE, check
@@ -44,7 +44,7 @@ SPARSITY = 0.9
 ATOL = 1e-3  # every candidate's output vs eager, relative to the output's scale
 # PT2E int8: oneDNN's int8 convs (compiled) and the q/dq reference graph (eager) round
 # differently; one flipped uint8 code is ~1% of a layer's range and propagates
-ATOL_OF = {"resnet18_winograd_pt2e": 0.1}
+ATOL_OF = {"cnn_winograd_pt2e": 0.1, "resnet18_winograd_pt2e": 0.1}
 
 
 class FFN(nn.Module):
@@ -215,13 +215,16 @@ def winograd_resnet18() -> nn.Module:
     return quantize_winograd(model, calib, tile=2, fold_bn=True)[0]
 
 
-def winograd_resnet18_pt2e() -> nn.Module:
-    """`winograd_resnet18` through torchao's PT2E int8 flow (quant.deploy.to_int8, the converted
-    graph): compiled with freezing, its other convs and the classifier run as oneDNN int8, and
-    our op's input is annotated uint8, so the planner folds the dequantize before and the
-    quantize after our op into it (uint8 in and out)."""
-    calib = [torch.randn(2, 3, 224, 224) for _ in range(2)]
-    return to_int8(winograd_resnet18(), calib, compile=False)
+def pt2e(build: Callable[[], nn.Module], *shape: int) -> Callable[[], nn.Module]:
+    """`build`'s model through torchao's PT2E int8 flow (quant.deploy.to_int8, the converted
+    graph, calibrated on random batches): compiled with freezing, its convs and linears run as
+    oneDNN int8, and our Winograd op's input is annotated uint8, so the planner folds the
+    dequantize before and the quantize after our op into it (uint8 in and out)."""
+    def make() -> nn.Module:
+        torch.manual_seed(0)  # the same calibration, so the same int8 model, at every call
+        return to_int8(build(), [torch.randn(2, *shape) for _ in range(2)], compile=False)
+
+    return make
 
 
 def resnet20() -> nn.Module:
@@ -235,13 +238,14 @@ def images(*shape: int) -> Callable[[int], torch.Tensor]:
 
 
 MODELS: dict[str, tuple[Callable[[], nn.Module], Callable[[int], torch.Tensor], tuple[str, ...]]] = {
-    # name -> (model, batch -> input, deploy candidates)
+    # name -> (model, batch -> input, deploy candidates; none: the model is deployed already)
     "ffn_bsr90": (lambda: ffn_stack("block"), images(768), ("bsr16",)),
     "ffn_csr90": (lambda: ffn_stack("unstructured"), images(768), ("csr",)),
     "resnet20_direct90": (lambda: sparse_convs(resnet20()), images(1, 28, 28), ("direct",)),
     "cnn_winograd_int8": (winograd_cnn, images(1, 28, 28), ("dense",)),
     "resnet18_winograd_int8": (winograd_resnet18, images(3, 224, 224), ("dense",)),
-    "resnet18_winograd_pt2e": (winograd_resnet18_pt2e, images(3, 224, 224), ("dense",)),
+    "cnn_winograd_pt2e": (pt2e(winograd_cnn, 1, 28, 28), images(1, 28, 28), ()),
+    "resnet18_winograd_pt2e": (pt2e(winograd_resnet18, 3, 224, 224), images(3, 224, 224), ()),
     "ffn_act90": (act_sparse_ffn_stack, images(768), ("dense",)),
     "cnn_dense": (lambda: create_model("cnn", num_classes=10, in_channels=1).eval(),
                   images(1, 28, 28), ("bsr16", "csr")),
@@ -295,6 +299,20 @@ def compiled(module: nn.Module, x: torch.Tensor, mode: str | None, budget_s: flo
     return (fn, metrics.generated_kernel_count, took), ""
 
 
+def frozen_int8(graph: nn.Module, x: torch.Tensor):
+    """`compiled(graph, freezing=True)` for a PT2E int8 graph, as to_int8 deploys it
+    (quant.deploy.compile_frozen: freezing patched at every call, since freezing rewrites the
+    graph in place and the guards that then fail recompile it); compiled now."""
+    from torch._inductor import metrics
+
+    fn = compile_frozen(graph)
+    metrics.reset()
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        fn(x)
+    return fn, metrics.generated_kernel_count, time.perf_counter() - t0
+
+
 def candidates(name: str, batch: int, max_autotune: bool, budget_s: float):
     """{candidate: (callable, kernels)}, notes, the fusion (for its plan), eager reference."""
     build, make_input, kernels = MODELS[name]
@@ -311,26 +329,32 @@ def candidates(name: str, batch: int, max_autotune: bool, budget_s: float):
         if mode == "max-autotune" and not max_autotune:
             notes.append("max-autotune skipped (--no-max-autotune)")
             continue
-        got, why = compiled(model, x, mode, budget_s, freezing)
+        if not kernels and freezing:  # a PT2E graph: to_int8's deploy, on a copy of its own
+            got, why = frozen_int8(build(), x), ""
+        else:
+            got, why = compiled(model, x, mode, budget_s, freezing)
         if got is None:
             notes.append(f"{label}: {why}")
             continue
         fn, count, _ = got
         fns[label] = (lambda fn=fn: fn(x), count)
-    deployed = deployment(model, x, kernels)
-    choices = sorted(set(deployed.choices().values()))
-    fns["deploy"] = (lambda: deployed.module(x), "-")
-    for label, freezing in (("deploy+compile", False), ("deploy+compile-freeze", True)):
-        got, why = compiled(deployed.module, x, None, budget_s, freezing)  # unfused baselines
-        if got is None:
-            notes.append(f"{label}: {why}")
-        else:
-            fns[label] = (lambda fn=got[0]: fn(x), got[1])
+    if kernels:
+        deployed = deployment(model, x, kernels)
+        module, choices = deployed.module, sorted(set(deployed.choices().values()))
+        fns["deploy"] = (lambda: module(x), "-")
+        for label, freezing in (("deploy+compile", False), ("deploy+compile-freeze", True)):
+            got, why = compiled(module, x, None, budget_s, freezing)  # unfused baselines
+            if got is None:
+                notes.append(f"{label}: {why}")
+            else:
+                fns[label] = (lambda fn=got[0]: fn(x), got[1])
+    else:  # a PT2E int8 graph is its own deployment: its unfused ones are eager and compile(-freeze)
+        module, choices = model, ["the PT2E int8 graph"]
     fusion = None
     for label, freezing in (("deploy+planner", True), ("deploy+planner-nofreeze", False)):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            f = fuse_deployed(deployed.module, x, "cpu", freezing)
+            f = fuse_deployed(module, x, "cpu", freezing)
         if f is None:
             notes.append(f"{label}: the deployed model did not export")
             continue
@@ -381,7 +405,8 @@ def main() -> None:
             load = os.getloadavg()[0]
             best_compile = min(t[k] for k in ("compile", "compile-freeze", "compile-max-autotune")
                                if k in t)
-            unfused = min(t[k] for k in ("deploy", "deploy+compile", "deploy+compile-freeze") if k in t)
+            unfused = min(t[k] for k in ("deploy", "deploy+compile", "deploy+compile-freeze") if k in t) \
+                if MODELS[name][2] else min(t[k] for k in ("eager", "compile", "compile-freeze") if k in t)
             planner = min(t[k] for k in ("deploy+planner", "deploy+planner-nofreeze") if k in t)
             print(f"\n{name}, batch {batch} (deploy chose {', '.join(choices)}; load {load:.2f})")
             print(f"  {'candidate':24s} {'median ms':>10} {'vs eager':>9} {'kernels':>8}")
