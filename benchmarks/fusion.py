@@ -7,8 +7,8 @@ transformer-FFN stack (768 -> 3072 -> 768, relu, residual, x4) at 90% weight spa
 16x16 tiles and as unstructured CSR, ResNet-20 at 90% per conv on direct sparse convs (BatchNorm
 folded), the demo CNN with int8 Winograd convs, the demo CNN dense; torchvision's ResNet-18
 (3x224x224) dense, at 90% per conv on direct sparse convs and with int8 Winograd convs
-(residual add and relu folded into them), the same through PT2E int8 (the planner folds the
-uint8 quantize / dequantize around our op into it), MobileNetV2 dense,
+(residual add and relu folded into them), both Winograd models through PT2E int8 (the planner
+folds the uint8 quantize / dequantize around our op into it), MobileNetV2 dense,
 all-MiniLM-L6-v2 (pretrained) dense and activation-sparse (FATReLU at 90% zeros, down
 projections on `sparse_input_linear`), a LLaMA-style decoder dense (16 tokens per sequence).
 
