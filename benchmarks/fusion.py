@@ -222,7 +222,7 @@ def pt2e(build: Callable[[], nn.Module], *shape: int) -> Callable[[], nn.Module]
     dequantize before and the quantize after our op into it (uint8 in and out)."""
     def make() -> nn.Module:
         torch.manual_seed(0)  # the same calibration, so the same int8 model, at every call
-        return to_int8(build(), [torch.randn(2, *shape) for _ in range(2)], compile=False)
+        return to_int8(build(), [torch.randn(2, *shape) for _ in range(2)], compile=False, fuse=True)
 
     return make
 

@@ -224,7 +224,7 @@ def test_winograd_conv_takes_a_relu_and_the_residual_and_relu_of_a_block():
 
 
 def test_winograd_conv_in_a_pt2e_int8_graph_reads_and_writes_uint8():
-    # torchao's PT2E (to_int8 annotates the Winograd op's input as uint8): a's dequantize
+    # torchao's PT2E (to_int8(fuse=True) annotates the Winograd op's input as uint8): a's dequantize
     # prologue and its relu -> quantize epilogue fold into the op, so b reads a's uint8
     # output directly; b takes the block's add (the stem's float32 output) and relu
     from sparseforge.quant.deploy import to_int8
@@ -242,7 +242,7 @@ def test_winograd_conv_in_a_pt2e_int8_graph_reads_and_writes_uint8():
 
     torch.manual_seed(10)
     batches = [torch.randn(4, 3, 12, 12) for _ in range(3)]
-    int8 = to_int8(quantize_winograd(Block().eval(), batches, tile=2)[0], batches, compile=False)
+    int8 = to_int8(quantize_winograd(Block().eval(), batches, tile=2)[0], batches, compile=False, fuse=True)
     fusion = check_equal(int8, batches[0], compile=False)
     lowered = fusion.report.lowered
     assert [lo.prologue for lo in lowered] == [["dequantize_per_tensor"]] * 2
