@@ -85,7 +85,7 @@ def winograd_int8_conv2d(
     """`torch.ops.sparseforge.winograd_int8_conv2d`: the fast path of `winograd_int8_reference`;
     `residual` (shaped like the output) is added before the relu. A uint8 `x` with `x_scale`
     and `x_zero_point`, and `y_scale` / `y_zero_point` for a uint8 output, are PT2E's
-    dequantize and quantize_per_tensor folded into the op (`quant.deploy.fold_winograd_qdq`)."""
+    dequantize and quantize_per_tensor folded into the op (by the fusion planner, graph.lower)."""
     return torch.ops.sparseforge.winograd_int8_conv2d(
         x, u_packed, u_sum, v_scale, out_scale, bias, tile, list(padding), relu, residual,
         x_scale, x_zero_point, y_scale, y_zero_point)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import itertools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch._inductor.config
@@ -59,7 +59,7 @@ class PlannedPerShape(nn.Module):
     def __init__(self, converted: nn.Module) -> None:
         super().__init__()
         self.converted = converted
-        self.lowered: dict[tuple[int, ...], object] = {}
+        self.lowered: dict[tuple[int, ...], Callable[[Tensor], Tensor]] = {}
 
     def forward(self, x: Tensor) -> Tensor:
         from ..graph.lower import fuse_model  # imported here: graph imports this package
@@ -111,7 +111,8 @@ def _quantizer(gm: torch.fx.GraphModule, winograd_uint8: bool):
     """The X86InductorQuantizer (default config); with `winograd_uint8`, for a graph holding
     our int8 Winograd op, composed with `WinogradInputQuantizer`, so the op's inputs become
     uint8 too. Only worth it where the planner folds those quantize / dequantize pairs into the
-    op: left as kernels of their own, they made ResNet-18 5-6% slower (AMD EPYC, batch 1 and 8)."""
+    op: left as kernels of their own, they made ResNet-18 4-11% slower (AMD EPYC, batch 1 and
+    8)."""
     from torchao.quantization.pt2e.quantizer import ComposableQuantizer
     from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
 
