@@ -648,8 +648,9 @@ at::Tensor to_channels_last(const at::Tensor& x) {
 }
 #endif
 
-// x_scale / v_scale (a*a rows of Cs + L; x_scale is 1 for a float32 input), and u_sum, out_scale and the GEMM's accumulator start
-// -kShift * u_sum (a*a rows of Kp), zero-padded so the L-lane loops never read past a row.
+// x_scale / v_scale (a*a rows of Cs + L; x_scale is 1 for a float32 input), and u_sum,
+// out_scale and the GEMM's accumulator start -kShift * u_sum (a*a rows of Kp), zero-padded so
+// the L-lane loops never read past a row.
 // Plain loops: as ATen ops (reciprocal, zeros, narrow, copy, mul) they cost ~60 us a call,
 // which a whole ResNet-18 pays at each of its 13 Winograd layers.
 struct RowTables {
@@ -748,25 +749,12 @@ Jobs plan_jobs(const Problem& s, int A2) {
   return {best, kc};
 }
 
-// The output's float32, or uint8 with y_scale (PT2E's quantize_per_tensor folded in).
-struct OutQuant {
-  std::optional<double> y_scale;
-  int64_t y_zero_point;
-};
-
 template <int M, typename TX>
-at::Tensor run(const Problem& s, const at::Tensor& x, float x_scale, const at::Tensor& up,
-               const at::Tensor& us, const at::Tensor& vs, const at::Tensor& os,
-               const at::Tensor& b, bool relu, const at::Tensor& r, const OutQuant& yq) {
+void run(const Problem& s, const at::Tensor& x, float x_scale, const at::Tensor& up,
+         const at::Tensor& us, const at::Tensor& vs, const at::Tensor& os, const at::Tensor& b,
+         bool relu, const at::Tensor& r, const Output& o) {
   constexpr int A2 = (M + 2) * (M + 2);
   const RowTables rt = row_tables(s, A2, vs, us, os, x_scale);  // fp32 1 / scale, as the reference
-  const auto dtype = yq.y_scale ? at::kByte : at::kFloat;
-  at::Tensor out = at::empty({s.N, s.K, s.Ho, s.Wo},
-                             x.options().dtype(dtype).memory_format(at::MemoryFormat::ChannelsLast));
-  const Output o = yq.y_scale
-      ? Output{nullptr, out.data_ptr<uint8_t>(), static_cast<float>(1.0 / *yq.y_scale),
-               static_cast<float>(yq.y_zero_point)}
-      : Output{out.data_ptr<float>(), nullptr, 0.0f, 0.0f};
   const float* bp = b.defined() ? b.data_ptr<float>() : nullptr;
   const float* rp = r.defined() ? r.data_ptr<float>() : nullptr;
   const auto [tiles, kc] = plan_jobs(s, A2);
@@ -802,7 +790,6 @@ at::Tensor run(const Problem& s, const at::Tensor& x, float x_scale, const at::T
     _tile_release();
 #endif
   });
-  return out;
 }
 
 at::Tensor winograd_int8_conv2d(const at::Tensor& x_in, const at::Tensor& u_packed,
@@ -867,13 +854,19 @@ at::Tensor winograd_int8_conv2d(const at::Tensor& x_in, const at::Tensor& u_pack
   }
   const at::Tensor up = u_packed.contiguous(), us = u_sum.contiguous(), vs = v_scale.contiguous(),
                    os = out_scale.contiguous();
+  // float32 out, or uint8 with y_scale (PT2E's quantize_per_tensor folded in)
+  at::Tensor out = at::empty({s.N, s.K, s.Ho, s.Wo}, x.options().dtype(y_scale ? at::kByte : at::kFloat)
+                                                         .memory_format(at::MemoryFormat::ChannelsLast));
+  const Output o = y_scale ? Output{nullptr, out.data_ptr<uint8_t>(), static_cast<float>(1.0 / *y_scale),
+                                    static_cast<float>(y_zero_point)}
+                           : Output{out.data_ptr<float>(), nullptr, 0.0f, 0.0f};
   const float xs = static_cast<float>(x_scale);
-  const OutQuant yq{y_scale, y_zero_point};
-  if (q8)
-    return tile == 2 ? run<2, uint8_t>(s, x, xs, up, us, vs, os, b, relu, r, yq)
-                     : run<4, uint8_t>(s, x, xs, up, us, vs, os, b, relu, r, yq);
-  return tile == 2 ? run<2, float>(s, x, xs, up, us, vs, os, b, relu, r, yq)
-                   : run<4, float>(s, x, xs, up, us, vs, os, b, relu, r, yq);
+  if (q8) {
+    (tile == 2 ? run<2, uint8_t> : run<4, uint8_t>)(s, x, xs, up, us, vs, os, b, relu, r, o);
+  } else {
+    (tile == 2 ? run<2, float> : run<4, float>)(s, x, xs, up, us, vs, os, b, relu, r, o);
+  }
+  return out;
 }
 
 }  // namespace
