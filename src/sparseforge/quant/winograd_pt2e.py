@@ -19,7 +19,7 @@ def is_winograd(node: fx.Node) -> bool:
 
 class WinogradInputQuantizer(Quantizer):
     """Annotates the input (x) of every Winograd op; compose it after the X86InductorQuantizer
-    (`quant.deploy.to_int8` does)."""
+    (`quant.deploy.to_int8(..., fuse=True)` does; plain `to_int8` leaves the input float32)."""
 
     def annotate(self, model: fx.GraphModule) -> fx.GraphModule:
         spec = x86.get_default_x86_inductor_quantization_config().input_activation
