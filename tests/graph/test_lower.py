@@ -221,6 +221,14 @@ def test_winograd_conv_takes_a_relu_and_the_residual_and_relu_of_a_block():
     assert relu_flags == [True, True]
     assert residuals[0] is None and residuals[1] is calls[0]  # b's residual is a's output
     assert not any("aten.add" in o or "aten.relu" in o for o in _ops(fusion.module.graph_module))
+    assert set(fusion.report.bound.values()) == {_winograd_kernel()}
+
+
+def _winograd_kernel() -> str:
+    """The C++ Winograd op of this CPU's best ISA, which the lowering calls directly."""
+    from sparseforge.kernels import winograd_ops
+
+    return winograd_ops.cpu_kernel()._qualified_op_name
 
 
 def test_winograd_conv_in_a_pt2e_int8_graph_reads_and_writes_uint8():
@@ -251,6 +259,7 @@ def test_winograd_conv_in_a_pt2e_int8_graph_reads_and_writes_uint8():
     assert a.kwargs["y_zero_point"] == b.kwargs["x_zero_point"] and a.kwargs["y_scale"] == b.kwargs["x_scale"]
     assert b.args[0] is a and a.args[0].meta["val"].dtype == torch.uint8
     assert a.meta["val"].dtype == torch.uint8 and b.meta["val"].dtype == torch.float32
+    assert fusion.report.bound == {a.name: _winograd_kernel(), b.name: _winograd_kernel()}  # uint8 too
 
 
 def test_sparse_input_linear_takes_the_fatrelu_and_residual_of_a_prosparse_ffn():

@@ -192,6 +192,20 @@ def test_opcheck(tile):
                           (xq, *args[1:], tile, [1, 0], True, None, 0.25, 8, 0.1, 3))
 
 
+def test_bound_kernel_is_the_cpp_op_with_the_fake_impl():
+    # graph/lower.py calls the C++ kernel itself: the best variant, with the public op's fake
+    from sparseforge.kernels import ops
+
+    bound = ops.bound_kernel("winograd_int8_conv2d")
+    assert bound.name() == winograd_ops.cpu_kernel()._qualified_op_name
+    args = quantized_args(2, 6, 18, 7, 9, 2, [1, 1], seed=4)
+    xq = (args[0] * 4 + 8).to(torch.uint8)
+    for call in [(*args, 2, [1, 1], True, None, 1.0, 0, None, 0),
+                 (xq, *args[1:], 2, [1, 1], False, None, 0.25, 8, 0.1, 3)]:
+        assert torch.equal(bound(*call), torch.ops.sparseforge.winograd_int8_conv2d(*call))
+        torch.library.opcheck(bound, call)
+
+
 def test_op_rejects_wrongly_packed_weights_with_a_hint():
     x, u_packed, *rest = quantized_args(1, 6, 5, 6, 6, 2, [1, 1], seed=0)
     with pytest.raises(RuntimeError, match="pack_weights"):

@@ -104,8 +104,8 @@ def _fatrelu_input(seed: Node, members: set[str]) -> tuple[Node, float, list[Nod
 
 def _every_kwarg(node: Node) -> dict[str, Any]:
     """`node`'s keyword arguments with every schema argument after its positional ones filled
-    in: export drops those left at their default, and the C++ kernels' own schemas declare no
-    defaults."""
+    in: export drops those left at their default, and the sparse C++ kernels' own schemas
+    declare no defaults."""
     schema = node.target._schema.arguments[len(node.args):]
     return {a.name: node.kwargs.get(a.name, a.default_value) for a in schema}
 
@@ -229,22 +229,25 @@ def lower_epilogues(gm: fx.GraphModule, plan: FusionPlan) -> list[Lowered]:
 
 
 def bind_kernels(gm: fx.GraphModule) -> dict[str, str]:
-    """Point every call of our EPILOGUE_KERNELS (float32, on the CPU) at the compiled C++ kernel
-    itself (`kernels.ops.bound_kernel`): the op's Python CPU impl, which picks the ISA variant
-    on each call, is skipped. Returns {node: kernel}; a kernel that does not build here is
-    left unbound (its op falls back as usual)."""
-    from ..kernels import extension, ops
+    """Point every call of our EPILOGUE_KERNELS (float32) and RELU_KERNELS (any dtype: its CPU
+    impl hands every input to the kernel as it is) on the CPU at the compiled C++ kernel itself
+    (`kernels.ops.bound_kernel`): the trip through the dispatcher into the op's Python CPU impl,
+    which picks the ISA variant, is skipped (12 us a call on a Xeon). Returns {node: kernel}; a kernel
+    that does not build here is left unbound (its op falls back as usual)."""
+    from ..kernels import ops
 
     bound = {}
     for node in gm.graph.nodes:
         name = op_name(node.target) if node.op == "call_function" else ""
-        if name not in EPILOGUE_KERNELS:
+        if name not in EPILOGUE_KERNELS | RELU_KERNELS:
             continue
         val = node.meta.get("val")
         short = name.partition("::")[2]
-        if not (isinstance(val, torch.Tensor) and val.device.type == "cpu" and val.dtype == torch.float32):
+        if not (isinstance(val, torch.Tensor) and val.device.type == "cpu"):
             continue
-        if not extension.kernel_available(short, file=ops.KERNEL_FILES.get(short)):
+        if name in EPILOGUE_KERNELS and val.dtype != torch.float32:
+            continue
+        if not ops.kernel_builds(short):
             continue
         node.kwargs = _every_kwarg(node)
         node.target = ops.bound_kernel(short)

@@ -226,12 +226,12 @@ def bound_kernel(name: str) -> torch._ops.OpOverload:
     """The compiled C++ op behind `sparseforge::<name>` on this CPU (`sparseforge::_<name>_<isa>`,
     best ISA, built now), with `name`'s fake impl, so a graph can call the kernel itself instead
     of going through `name`'s Python CPU impl (graph/lower.py binds the calls it lowers to it).
-    Same schema (no defaults: pass every argument) and results; `name` is one of the sparse
-    linears, `sparse_conv2d` or `sparse_input_linear`."""
+    Same schema and results; `name` is one of the sparse linears, `sparse_conv2d`,
+    `sparse_input_linear` or `winograd_int8_conv2d`."""
     fakes = _BOUND_FAKES
     if name not in fakes:
         raise ValueError(f"no bound kernel for {name!r}; choose from {sorted(fakes)}")
-    op = extension.kernel(name, file=KERNEL_FILES.get(name))
+    op = extension.kernel(name, file=KERNEL_FILES.get(name), variants=_variants(name))
     if op._qualified_op_name not in _BOUND:
         torch.library.register_fake(op._qualified_op_name, fakes[name], lib=lib)
         _BOUND.add(op._qualified_op_name)
@@ -244,6 +244,16 @@ _BOUND: set[str] = set()  # C++ ops given a fake impl in this process
 _BOUND_FAKES: dict = {"bsr_linear": _bsr_linear_fake, "bcr_linear": _bcr_linear_fake,
                       "csr_linear": _csr_linear_fake}
 KERNEL_FILES: dict[str, str] = {}  # kernel -> its csrc/cpu file where the names differ
+KERNEL_VARIANTS: dict[str, tuple[str, ...]] = {}  # kernel -> its ISA variants, if not the default
+
+
+def _variants(name: str) -> tuple[str, ...]:
+    return KERNEL_VARIANTS.get(name, extension.DEFAULT_VARIANTS)
+
+
+def kernel_builds(name: str) -> bool:
+    """Whether the C++ kernel behind `sparseforge::<name>` builds on this CPU (warns once if not)."""
+    return extension.kernel_available(name, file=KERNEL_FILES.get(name), variants=_variants(name))
 
 
 # --- Activation sparsity (ProSparse-style ReLU / FATReLU FFNs) -------------------------------

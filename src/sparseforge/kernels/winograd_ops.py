@@ -12,7 +12,7 @@ from torch import Tensor
 
 from ..quant.winograd import tile_grid, winograd_int8_reference
 from . import extension
-from .ops import lib
+from .ops import _BOUND_FAKES, KERNEL_FILES, KERNEL_VARIANTS, lib
 
 VARIANTS = ("avx512_amx", "avx512_vnni", "avx2", "generic")  # the ISA variants it is built in
 FILE = "winograd_int8"
@@ -74,6 +74,10 @@ def _winograd_int8_conv2d_cuda(*args: object, **kwargs: object) -> Tensor:
 
 lib.impl("winograd_int8_conv2d", _winograd_int8_conv2d_cpu, "CPU")
 lib.impl("winograd_int8_conv2d", _winograd_int8_conv2d_cuda, "CUDA")
+# graph/lower.py may call the C++ kernel itself (`ops.bound_kernel`)
+_BOUND_FAKES["winograd_int8_conv2d"] = _winograd_int8_conv2d_fake
+KERNEL_FILES["winograd_int8_conv2d"] = FILE
+KERNEL_VARIANTS["winograd_int8_conv2d"] = VARIANTS
 
 
 def winograd_int8_conv2d(
