@@ -2,7 +2,7 @@
 
 import pytest
 
-from sparseforge.kernels import extension
+from sparseforge.kernels import extension, ops
 
 
 @pytest.fixture
@@ -16,6 +16,7 @@ def broken_source(tmp_path, monkeypatch):
         monkeypatch.setattr(extension, "CSRC", tmp_path / "src")
         monkeypatch.setenv("SPARSEFORGE_EXT_DIR", str(tmp_path / "ext"))
         monkeypatch.setattr(extension, "_build_failed", set())
+        monkeypatch.setattr(ops, "_EAGER", {})  # no kernel remembered as built either
         extension.load.cache_clear()
 
     yield make

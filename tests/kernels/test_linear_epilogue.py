@@ -128,3 +128,12 @@ def test_bound_kernel_is_the_cpp_op_with_a_fake_impl(fmt):
     assert bound.name() == f"sparseforge::_{fmt}_linear_{extension.best_isa()}"
     assert torch.equal(bound(*args), getattr(torch.ops.sparseforge, f"{fmt}_linear")(*args))
     torch.library.opcheck(bound, args)
+
+
+def test_eager_calls_run_the_cpp_kernel_and_an_exported_graph_keeps_the_public_op():
+    sl, _ = layer("csr", 12, 20, 0.5, 2, True)
+    assert ops.eager_op("csr_linear", torch.zeros(1)) is ops.bound_kernel("csr_linear")
+    x = torch.randn(3, 20)
+    targets = {str(n.target) for n in torch.export.export(sl, (x,)).graph.nodes if n.op == "call_function"}
+    assert "sparseforge.csr_linear.default" in targets
+    assert not any(t.startswith("sparseforge._csr_linear_") for t in targets)

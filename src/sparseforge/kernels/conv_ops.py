@@ -11,7 +11,7 @@ from torch import Tensor
 from sparseforge.formats import CSR
 
 from . import extension
-from .ops import _BOUND_FAKES, _EPILOGUE_SCHEMA, _check_epilogue, epilogue_reference, lib
+from .ops import _BOUND_FAKES, _EPILOGUE_SCHEMA, _check_epilogue, eager_op, epilogue_reference, lib
 
 lib.define(
     "sparse_conv2d(Tensor x, Tensor crow_indices, Tensor col_indices, Tensor values, "
@@ -76,7 +76,7 @@ def sparse_conv2d(
     dilation: list[int] = (1, 1), activation: str = "none", residual: Tensor | None = None,
 ) -> Tensor:
     """`torch.ops.sparseforge.sparse_conv2d`: the fast CPU path of `sparse_conv2d_reference`."""
-    return torch.ops.sparseforge.sparse_conv2d(
+    return eager_op("sparse_conv2d", x)(
         x, crow_indices, col_indices, values, bias, list(kernel_size), list(stride),
         list(padding), list(dilation), activation, residual,
     )

@@ -4,6 +4,7 @@ pure-PyTorch `*_reference` twin that defines what the op computes."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import ModuleType
 
 import torch
@@ -99,7 +100,7 @@ def bsr_linear(
     bias: Tensor | None, out_features: int, activation: str = "none", residual: Tensor | None = None,
 ) -> Tensor:
     """`torch.ops.sparseforge.bsr_linear`: the fast CPU path of `bsr_linear_reference`."""
-    return torch.ops.sparseforge.bsr_linear(
+    return eager_op("bsr_linear", x)(
         x, crow_indices, col_indices, values_t, bias, out_features, activation, residual
     )
 
@@ -169,7 +170,7 @@ def bcr_linear(
     block_rows: int, block_cols: int, activation: str = "none", residual: Tensor | None = None,
 ) -> Tensor:
     """`torch.ops.sparseforge.bcr_linear`: the fast CPU path of `bcr_linear_reference`."""
-    return torch.ops.sparseforge.bcr_linear(
+    return eager_op("bcr_linear", x)(
         x, block_ids, group_shapes, group_ptr, row_indices, col_indices, values_t, bias,
         out_features, block_rows, block_cols, activation, residual,
     )
@@ -217,7 +218,7 @@ def csr_linear(
     out_features: int, activation: str = "none", residual: Tensor | None = None,
 ) -> Tensor:
     """`torch.ops.sparseforge.csr_linear`: the fast CPU path of `csr_linear_reference`."""
-    return torch.ops.sparseforge.csr_linear(
+    return eager_op("csr_linear", x)(
         x, crow_indices, col_indices, values, bias, out_features, activation, residual
     )
 
@@ -238,6 +239,20 @@ def bound_kernel(name: str) -> torch._ops.OpOverload:
     return op.default
 
 
+def eager_op(name: str, x: Tensor) -> Callable[..., Tensor]:
+    """The op an eager call of `sparseforge::<name>` on `x` runs: on the CPU outside
+    torch.compile / export (whose graphs keep the public op), the C++ kernel itself
+    (`bound_kernel`), which skips the trip through the dispatcher into the op's Python CPU impl
+    (12 us a call on a Xeon); else the public op, which falls back where the kernel cannot."""
+    if x.device.type != "cpu" or torch.compiler.is_compiling():
+        return getattr(torch.ops.sparseforge, name)
+    op = _EAGER.get(name)
+    if op is None and kernel_builds(name):
+        op = _EAGER[name] = bound_kernel(name)
+    return op or getattr(torch.ops.sparseforge, name)
+
+
+_EAGER: dict[str, torch._ops.OpOverload] = {}  # eager_op's kernels, once built
 _BOUND: set[str] = set()  # C++ ops given a fake impl in this process
 # sparse kernel -> its fake impl, for `bound_kernel` (nm_linear below and sparse_conv2d in
 # conv_ops.py add themselves)
@@ -365,8 +380,8 @@ def sparse_input_linear(a: Tensor, weight_t: Tensor, bias: Tensor | None, activa
     """`torch.ops.sparseforge.sparse_input_linear`: `sparse_input_linear_reference` skipping
     the zeros of `a` (C++ on CPU float32 with prologue and epilogue in the kernel, Triton on
     CUDA)."""
-    return torch.ops.sparseforge.sparse_input_linear(a, weight_t, bias, activation, residual,
-                                                     input_threshold)
+    return eager_op("sparse_input_linear", a)(a, weight_t, bias, activation, residual,
+                                              input_threshold)
 
 
 _BOUND_FAKES["sparse_input_linear"] = _sparse_input_linear_fake
@@ -429,7 +444,7 @@ def nm_linear(
 ) -> Tensor:
     """`torch.ops.sparseforge.nm_linear`: `nm_linear_reference` reading only the kept weights
     (C++ on CPU float32, Triton on CUDA)."""
-    return torch.ops.sparseforge.nm_linear(
+    return eager_op("nm_linear", x)(
         x, values, indices, bias, out_features, n, m, activation, residual
     )
 

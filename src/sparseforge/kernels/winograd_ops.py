@@ -12,7 +12,7 @@ from torch import Tensor
 
 from ..quant.winograd import tile_grid, winograd_int8_reference
 from . import extension
-from .ops import _BOUND_FAKES, KERNEL_FILES, KERNEL_VARIANTS, lib
+from .ops import _BOUND_FAKES, KERNEL_FILES, KERNEL_VARIANTS, eager_op, lib
 
 VARIANTS = ("avx512_amx", "avx512_vnni", "avx2", "generic")  # the ISA variants it is built in
 FILE = "winograd_int8"
@@ -90,6 +90,6 @@ def winograd_int8_conv2d(
     `residual` (shaped like the output) is added before the relu. A uint8 `x` with `x_scale`
     and `x_zero_point`, and `y_scale` / `y_zero_point` for a uint8 output, are PT2E's
     dequantize and quantize_per_tensor folded into the op (by the fusion planner, graph.lower)."""
-    return torch.ops.sparseforge.winograd_int8_conv2d(
+    return eager_op("winograd_int8_conv2d", x)(
         x, u_packed, u_sum, v_scale, out_scale, bias, tile, list(padding), relu, residual,
         x_scale, x_zero_point, y_scale, y_zero_point)
