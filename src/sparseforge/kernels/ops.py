@@ -243,13 +243,14 @@ def eager_op(name: str, x: Tensor) -> Callable[..., Tensor]:
     """The op an eager call of `sparseforge::<name>` on `x` runs: on the CPU outside
     torch.compile / export (whose graphs keep the public op), the C++ kernel itself
     (`bound_kernel`), which skips the trip through the dispatcher into the op's Python CPU impl
-    (12 us a call on a Xeon); else the public op, which falls back where the kernel cannot."""
+    (about 10 us a call on a Xeon); else the public op, which falls back where the kernel
+    cannot."""
     if x.device.type != "cpu" or torch.compiler.is_compiling():
         return getattr(torch.ops.sparseforge, name)
     op = _EAGER.get(name)
     if op is None and kernel_builds(name):
         op = _EAGER[name] = bound_kernel(name)
-    return op or getattr(torch.ops.sparseforge, name)
+    return op if op is not None else getattr(torch.ops.sparseforge, name)
 
 
 _EAGER: dict[str, torch._ops.OpOverload] = {}  # eager_op's kernels, once built
