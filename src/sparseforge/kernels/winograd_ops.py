@@ -12,7 +12,7 @@ from torch import Tensor
 
 from ..quant.winograd import tile_grid, winograd_int8_reference
 from . import extension
-from .ops import _BOUND_FAKES, KERNEL_FILES, KERNEL_VARIANTS, eager_op, lib
+from .ops import _BOUND_FAKES, KERNEL_FILES, KERNEL_VARIANTS, eager_op, kernel_builds, lib
 
 VARIANTS = ("avx512_amx", "avx512_vnni", "avx2", "generic")  # the ISA variants it is built in
 FILE = "winograd_int8"
@@ -51,7 +51,7 @@ def cpu_kernel(variant: str | None = None) -> torch._ops.OpOverloadPacket:
 
 
 def _winograd_int8_conv2d_cpu(*args: object, **kwargs: object) -> Tensor:
-    if not extension.kernel_available("winograd_int8_conv2d", file=FILE, variants=VARIANTS):
+    if not kernel_builds("winograd_int8_conv2d"):
         return _channels_last(winograd_int8_reference(*args, **kwargs))
     return cpu_kernel()(*args, **kwargs)
 
