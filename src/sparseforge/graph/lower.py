@@ -232,8 +232,8 @@ def bind_kernels(gm: fx.GraphModule) -> dict[str, str]:
     """Point every call of our EPILOGUE_KERNELS (float32) and RELU_KERNELS (any dtype: its CPU
     impl hands every input to the kernel as it is) on the CPU at the compiled C++ kernel itself
     (`kernels.ops.bound_kernel`): the trip through the dispatcher into the op's Python CPU impl,
-    which picks the ISA variant, is skipped (12 us a call on a Xeon). Returns {node: kernel}; a kernel
-    that does not build here is left unbound (its op falls back as usual)."""
+    which picks the ISA variant, is skipped (12 us a call on a Xeon). Returns {node: kernel};
+    a kernel that does not build here is left unbound (its op falls back as usual)."""
     from ..kernels import ops
 
     bound = {}
