@@ -875,7 +875,8 @@ TORCH_LIBRARY_FRAGMENT(sparseforge, m) {
   m.def("_winograd_int8_conv2d_" SF_STR(SF_ISA)
         "(Tensor x, Tensor u_packed, Tensor u_sum, Tensor v_scale, Tensor out_scale, "
         "Tensor? bias, int tile, int[] padding, bool relu, Tensor? residual=None, "
-        "float x_scale=1.0, int x_zero_point=0, float? y_scale=None, int y_zero_point=0) -> Tensor");
+        "float x_scale=1.0, int x_zero_point=0, float? y_scale=None, int y_zero_point=0) -> Tensor",
+        {at::Tag::flexible_layout});  // any memory format in: see winograd_ops.py
 }
 
 TORCH_LIBRARY_IMPL(sparseforge, CPU, m) {

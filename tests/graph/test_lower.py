@@ -262,6 +262,62 @@ def test_winograd_conv_in_a_pt2e_int8_graph_reads_and_writes_uint8():
     assert fusion.report.bound == {a.name: _winograd_kernel(), b.name: _winograd_kernel()}  # uint8 too
 
 
+def test_winograd_conv_after_a_pt2e_max_pool_reads_the_pools_uint8_output():
+    # as in ResNet's first block: the X86 quantizer gives the pool's output its input's qparams
+    # and PT2E reuses that observer for our op's input (the op takes a float32 input without a
+    # cast node between them), so no requantize sits between the pool and the op
+    from sparseforge.quant.deploy import to_int8
+    from sparseforge.quant.winograd_conv import quantize_winograd
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+            self.relu, self.pool = nn.ReLU(), nn.MaxPool2d(3, 2, 1)  # modules, as torchvision's
+            self.a, self.b = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+
+        def forward(self, x):
+            p = self.pool(self.relu(self.stem(x)))
+            return torch.relu(self.b(torch.relu(self.a(p))) + p)
+
+    torch.manual_seed(11)
+    batches = [torch.randn(4, 3, 16, 16) for _ in range(3)]
+    int8 = to_int8(quantize_winograd(Block().eval(), batches, tile=2)[0], batches, compile=False, fuse=True)
+    a = next(n for n in int8.graph.nodes if "winograd" in str(n.target))
+    dq = a.args[0]
+    q = dq.args[0]
+    assert "dequantize_per_tensor" in str(dq.target) and "quantize_per_tensor" in str(q.target)
+    assert q.args[0].target is aten.max_pool2d.default  # not a dequantize: no requantize
+    fusion = check_equal(int8, batches[0], compile=False)
+    a = next(n for n in fusion.module.graph_module.graph.nodes if "winograd" in str(n.target))
+    assert a.args[0].args[0].target is aten.max_pool2d.default  # reads the uint8 pool output
+    # compiled, inductor hands both ops the channels-last tensors it holds (the op's
+    # flexible_layout tag), where export traced the pool's output NCHW: no copy to NCHW that
+    # the kernel would copy back
+    seen = _winograd_inputs(fuse_model(int8, batches[0]).module, batches[0])
+    assert len(seen) == 2 and all(t.is_contiguous(memory_format=torch.channels_last) for t in seen[0] + seen[1])
+    assert [len(ts) for ts in seen] == [1, 2]  # a: x; b: x and the residual (the pool's output)
+
+
+def _winograd_inputs(fn, x: torch.Tensor) -> list[list[torch.Tensor]]:
+    """The 4-d tensor arguments (x, residual) of every Winograd kernel call `fn(x)` makes."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    calls = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if "winograd" in str(func):
+                calls.append([a for a in [*args, *kwargs.values()]
+                              if isinstance(a, torch.Tensor) and a.dim() == 4 and a.dtype != torch.int8])
+            return func(*args, **kwargs)
+
+    with torch.no_grad(), Record():
+        fn(x)
+    return calls
+
+
 def test_sparse_input_linear_takes_the_fatrelu_and_residual_of_a_prosparse_ffn():
     from sparseforge.activation import FATReLU
     from sparseforge.kernels import SparseInputLinear

@@ -20,7 +20,10 @@ FILE = "winograd_int8"
 lib.define(
     "winograd_int8_conv2d(Tensor x, Tensor u_packed, Tensor u_sum, Tensor v_scale, "
     "Tensor out_scale, Tensor? bias, int tile, int[] padding, bool relu, Tensor? residual=None, "
-    "float x_scale=1.0, int x_zero_point=0, float? y_scale=None, int y_zero_point=0) -> Tensor"
+    "float x_scale=1.0, int x_zero_point=0, float? y_scale=None, int y_zero_point=0) -> Tensor",
+    # every impl takes x and residual in any memory format, so TorchInductor may hand over the
+    # channels-last tensors it holds instead of copying them to the strides export traced
+    tags=(torch.Tag.flexible_layout,),
 )
 
 winograd_int8_conv2d_reference = winograd_int8_reference  # the op's pure-PyTorch twin

@@ -119,10 +119,14 @@ class WinogradConv2d(nn.Module):
         if self.frozen and not self.training:
             from ..kernels import winograd_ops  # imported here: builds nothing until called
 
-            return winograd_ops.winograd_int8_conv2d(
-                x.float(), self.u_packed, self.u_sum, self.v_scale_, self.out_scale,
+            # no cast of a float32 input: an exported graph would keep it as a node between the
+            # op and the tensor PT2E quantized (see quant.winograd_pt2e)
+            f32 = x.dtype == torch.float32
+            y = winograd_ops.winograd_int8_conv2d(
+                x if f32 else x.float(), self.u_packed, self.u_sum, self.v_scale_, self.out_scale,
                 None if self.bias is None else self.bias.detach().float(), self.tile, self.padding,
-                self.relu).to(x.dtype)
+                self.relu)
+            return y if f32 else y.to(x.dtype)
         if self.training and self.qat and self.observer.lo is not None:
             return self._qat_forward(x)
         if self.calibrating or (self.training and self.qat):
