@@ -274,8 +274,9 @@ def deployment(model: nn.Module, x: torch.Tensor, kernels: tuple[str, ...]) -> D
 
 
 def compiled(module: nn.Module, x: torch.Tensor, mode: str | None, budget_s: float,
-             freezing: bool = False):
-    """torch.compile(module, mode), compiled now (with inductor's freezing when asked);
+             freezing: bool = False, cpp_wrapper: bool = False):
+    """torch.compile(module, mode), compiled now (with inductor's freezing and its C++ wrapper
+    when asked);
     (callable, generated kernels, compile s), or (None, reason) when it fails or exceeds
     `budget_s`. Compiled under inference_mode, the mode the timing and the check call it in: a
     call in another grad mode fails Dynamo's guard and recompiles. Freezing needs inductor's
@@ -285,11 +286,13 @@ def compiled(module: nn.Module, x: torch.Tensor, mode: str | None, budget_s: flo
     differ from the unfrozen one's, so Dynamo does not reuse that compile for it."""
     from torch._inductor import config, metrics
 
-    fn = torch.compile(module, mode=mode, options={"freezing": True} if freezing else None)
+    options = {"freezing": True} if freezing else {}
+    options |= {"cpp_wrapper": True} if cpp_wrapper else {}
+    fn = torch.compile(module, mode=mode, options=options or None)
     metrics.reset()
     t0 = time.perf_counter()
     try:
-        with torch.inference_mode(), config.patch(freezing=freezing):
+        with torch.inference_mode(), config.patch(freezing=freezing, cpp_wrapper=cpp_wrapper):
             fn(x)
     except Exception as err:  # a failed baseline is reported, not fatal
         return None, f"{type(err).__name__}: {str(err).splitlines()[0][:80]}"
@@ -299,18 +302,26 @@ def compiled(module: nn.Module, x: torch.Tensor, mode: str | None, budget_s: flo
     return (fn, metrics.generated_kernel_count, took), ""
 
 
-def frozen_int8(graph: nn.Module, x: torch.Tensor):
+def frozen_int8(graph: nn.Module, x: torch.Tensor, cpp_wrapper: bool = False):
     """`compiled(graph, freezing=True)` for a PT2E int8 graph, as to_int8 deploys it
     (quant.deploy.compile_frozen: freezing patched at every call, since freezing rewrites the
     graph in place and the guards that then fail recompile it); compiled now."""
     from torch._inductor import metrics
 
-    fn = compile_frozen(graph)
+    fn = compile_frozen(graph, cpp_wrapper=cpp_wrapper)
     metrics.reset()
     t0 = time.perf_counter()
     with torch.inference_mode():
         fn(x)
     return fn, metrics.generated_kernel_count, time.perf_counter() - t0
+
+
+# torch.compile baselines: (label, mode, inductor's freezing, inductor's C++ wrapper); the
+# planner lowers with the C++ wrapper (graph.lower.compile_inductor), so the frozen baselines
+# get one too, and the faster of each pair counts
+BASELINES = (("compile", None, False, False), ("compile-freeze", None, True, False),
+             ("compile-freeze-cpp", None, True, True),
+             ("compile-max-autotune", "max-autotune", False, False))
 
 
 def candidates(name: str, batch: int, max_autotune: bool, budget_s: float):
@@ -324,15 +335,14 @@ def candidates(name: str, batch: int, max_autotune: bool, budget_s: float):
     with torch.no_grad():
         ref = model(x)
     fns["eager"] = (lambda: model(x), "-")
-    for label, mode, freezing in (("compile", None, False), ("compile-freeze", None, True),
-                                  ("compile-max-autotune", "max-autotune", False)):
+    for label, mode, freezing, cpp in BASELINES:
         if mode == "max-autotune" and not max_autotune:
             notes.append("max-autotune skipped (--no-max-autotune)")
             continue
         if not kernels and freezing:  # a PT2E graph: to_int8's deploy, on a copy of its own
-            got, why = frozen_int8(build(), x), ""
+            got, why = frozen_int8(build(), x, cpp), ""
         else:
-            got, why = compiled(model, x, mode, budget_s, freezing)
+            got, why = compiled(model, x, mode, budget_s, freezing, cpp)
         if got is None:
             notes.append(f"{label}: {why}")
             continue
@@ -342,8 +352,10 @@ def candidates(name: str, batch: int, max_autotune: bool, budget_s: float):
         deployed = deployment(model, x, kernels)
         module, choices = deployed.module, sorted(set(deployed.choices().values()))
         fns["deploy"] = (lambda: module(x), "-")
-        for label, freezing in (("deploy+compile", False), ("deploy+compile-freeze", True)):
-            got, why = compiled(module, x, None, budget_s, freezing)  # unfused baselines
+        for label, freezing, cpp in (("deploy+compile", False, False),
+                                     ("deploy+compile-freeze", True, False),
+                                     ("deploy+compile-freeze-cpp", True, True)):
+            got, why = compiled(module, x, None, budget_s, freezing, cpp)  # unfused baselines
             if got is None:
                 notes.append(f"{label}: {why}")
             else:
@@ -403,10 +415,9 @@ def main() -> None:
                 t = {label: tm.median_ms for label, tm in interleaved(
                     {label: fn for label, (fn, _) in fns.items()}, rounds=args.rounds, repeats=REPEATS).items()}
             load = os.getloadavg()[0]
-            best_compile = min(t[k] for k in ("compile", "compile-freeze", "compile-max-autotune")
-                               if k in t)
-            unfused = min(t[k] for k in ("deploy", "deploy+compile", "deploy+compile-freeze") if k in t) \
-                if MODELS[name][2] else min(t[k] for k in ("eager", "compile", "compile-freeze") if k in t)
+            best_compile = min(t[label] for label, *_ in BASELINES if label in t)
+            unfused = min(t[k] for k in t if k.startswith("deploy") and "planner" not in k) \
+                if MODELS[name][2] else min(t[k] for k in ("eager", *(b[0] for b in BASELINES)) if k in t)
             planner = min(t[k] for k in ("deploy+planner", "deploy+planner-nofreeze") if k in t)
             print(f"\n{name}, batch {batch} (deploy chose {', '.join(choices)}; load {load:.2f})")
             print(f"  {'candidate':24s} {'median ms':>10} {'vs eager':>9} {'kernels':>8}")

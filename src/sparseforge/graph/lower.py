@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -317,12 +318,16 @@ def flat_graph(gm: fx.GraphModule) -> tuple[fx.GraphModule, Any, Any]:
 
 
 def compile_inductor(flat: fx.GraphModule, example: list[torch.Tensor], *, freezing: bool = True,
-                     mode: str | None = None) -> tuple[Callable[..., Any], dict[str, Any]]:
+                     mode: str | None = None, cpp_wrapper: bool = True,
+                     ) -> tuple[Callable[..., Any], dict[str, Any]]:
     """TorchInductor (compile_fx: no Dynamo frame, so no guards to check per call) on the flat
     graph for the flat `example` inputs, compiled now under no_grad; returns the callable and
     its settings with the number of kernels inductor generated. `freezing` folds the weights
     into the compiled graph as constants (inference only); `mode` is torch.compile's (e.g.
-    'max-autotune')."""
+    'max-autotune'); `cpp_wrapper` has inductor write the code that calls the kernels in C++
+    (Python's cost per call of every kernel and op is gone: 4-14% at batch 1 on 2 cores, see
+    docs/benchmarks.md; about 5 s more to compile). Where the C++ wrapper does not compile,
+    it warns and compiles the Python one."""
     from torch._inductor import config, metrics
     from torch._inductor.compile_fx import compile_fx
 
@@ -334,11 +339,19 @@ def compile_inductor(flat: fx.GraphModule, example: list[torch.Tensor], *, freez
     elif mode not in (None, "default"):
         raise ValueError(f"mode must be None, 'default' or 'max-autotune', got {mode!r}")
     metrics.reset()
-    with torch.no_grad(), config.patch(patches):
-        compiled = compile_fx(flat, list(example))
-        compiled(*example)
+    try:
+        with torch.no_grad(), config.patch(patches | {"cpp_wrapper": cpp_wrapper}):
+            compiled = compile_fx(flat, list(example))
+            compiled(*example)
+    except Exception as err:  # inductor's C++ compile errors have no common type
+        if not cpp_wrapper:
+            raise
+        warnings.warn(f"TorchInductor's C++ wrapper failed ({type(err).__name__}: "
+                      f"{str(err).splitlines()[0][:200]}); compiling the Python wrapper",
+                      RuntimeWarning, stacklevel=2)
+        return compile_inductor(flat, example, freezing=freezing, mode=mode, cpp_wrapper=False)
     info = {"backend": "inductor", "mode": mode or "default", "freezing": freezing,
-            "generated_kernels": metrics.generated_kernel_count}
+            "cpp_wrapper": cpp_wrapper, "generated_kernels": metrics.generated_kernel_count}
     return compiled, info
 
 
@@ -387,10 +400,11 @@ class Fusion:
 
 
 def lower(gm: fx.GraphModule, plan: FusionPlan, example: torch.Tensor | tuple, *,
-          compile: bool = True, freezing: bool = True, mode: str | None = None) -> Fusion:
+          compile: bool = True, freezing: bool = True, mode: str | None = None,
+          cpp_wrapper: bool = True) -> Fusion:
     """Fold the epilogues of our kernels' blocks (`lower_epilogues`, in place on `gm`), call the
-    C++ kernels directly (`bind_kernels`), then hand the graph to TorchInductor (`compile_inductor`; compile=False keeps the rewritten
-    graph module, run eagerly)."""
+    C++ kernels directly (`bind_kernels`), then hand the graph to TorchInductor
+    (`compile_inductor`; compile=False keeps the rewritten graph module, run eagerly)."""
     example = example if isinstance(example, tuple) else (example,)
     lowered = lower_epilogues(gm, plan)
     report = LoweringReport(lowered, _to_inductor(plan, lowered), bound=bind_kernels(gm))
@@ -398,7 +412,8 @@ def lower(gm: fx.GraphModule, plan: FusionPlan, example: torch.Tensor | tuple, *
     inputs = pytree.tree_leaves((example, {}))
     compiled = None
     if compile:
-        compiled, report.compile = compile_inductor(flat, inputs, freezing=freezing, mode=mode)
+        compiled, report.compile = compile_inductor(flat, inputs, freezing=freezing, mode=mode,
+                                                    cpp_wrapper=cpp_wrapper)
     module = FusedModule(flat, compiled, in_spec, out_spec, [tuple(t.shape) for t in inputs])
     return Fusion(module, plan, report)
 

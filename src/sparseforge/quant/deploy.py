@@ -30,20 +30,23 @@ INDUCTOR_CONFIG = {"freezing": True}
 
 class FrozenCompiled(nn.Module):
     """`torch.compile(module)` (static shapes, one graph per batch size) whose every call, so
-    every recompile for a new batch size, runs with `INDUCTOR_CONFIG` in effect."""
+    every recompile for a new batch size, runs with `INDUCTOR_CONFIG` (and `extra` inductor
+    settings) in effect."""
 
-    def __init__(self, module: nn.Module) -> None:
+    def __init__(self, module: nn.Module, extra: dict | None = None) -> None:
         super().__init__()
-        self.compiled = torch.compile(module, dynamic=False, options=INDUCTOR_CONFIG)
+        self.config = INDUCTOR_CONFIG | (extra or {})
+        self.compiled = torch.compile(module, dynamic=False, options=self.config)
 
     def forward(self, *args: Tensor) -> Tensor:
-        with torch._inductor.config.patch(INDUCTOR_CONFIG):
+        with torch._inductor.config.patch(self.config):
             return self.compiled(*args)
 
 
-def compile_frozen(model: nn.Module) -> nn.Module:
-    """`model` compiled by inductor with freezing (see `FrozenCompiled`)."""
-    return FrozenCompiled(model)
+def compile_frozen(model: nn.Module, cpp_wrapper: bool = False) -> nn.Module:
+    """`model` compiled by inductor with freezing (see `FrozenCompiled`); `cpp_wrapper`: the
+    kernels are called from generated C++ instead of Python."""
+    return FrozenCompiled(model, {"cpp_wrapper": True} if cpp_wrapper else None)
 
 
 def _plain_copy(model: nn.Module) -> nn.Module:
