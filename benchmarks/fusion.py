@@ -1,8 +1,8 @@
 """The fusion planner on CPU (issue 10, part 4): per model and batch, in one interleaved loop,
-eager, torch.compile (default, with inductor's freezing, max-autotune) on the model, our
-deployment without the planner (eager, torch.compile, torch.compile with freezing) and with it
-(deploy(..., fuse=True): epilogues folded into our kernels, the rest through TorchInductor,
-with and without freezing). Models: a
+eager, torch.compile (default and with inductor's freezing, each with and without inductor's
+C++ wrapper; max-autotune) on the model, our deployment without the planner (eager, and
+torch.compile the same four ways) and with it (deploy(..., fuse=True): epilogues folded into our
+kernels, the rest through TorchInductor with its C++ wrapper, with and without freezing). Models: a
 transformer-FFN stack (768 -> 3072 -> 768, relu, residual, x4) at 90% weight sparsity as BSR
 16x16 tiles and as unstructured CSR, ResNet-20 at 90% per conv on direct sparse convs (BatchNorm
 folded), the demo CNN with int8 Winograd convs, the demo CNN dense; torchvision's ResNet-18
@@ -317,11 +317,11 @@ def frozen_int8(graph: nn.Module, x: torch.Tensor, cpp_wrapper: bool = False):
 
 
 # torch.compile baselines: (label, mode, inductor's freezing, inductor's C++ wrapper); the
-# planner lowers with the C++ wrapper (graph.lower.compile_inductor), so the frozen baselines
-# get one too, and the faster of each pair counts
-BASELINES = (("compile", None, False, False), ("compile-freeze", None, True, False),
-             ("compile-freeze-cpp", None, True, True),
-             ("compile-max-autotune", "max-autotune", False, False))
+# planner lowers with the C++ wrapper (graph.lower.compile_inductor), so the baselines are
+# compiled with and without it too, and the fastest counts
+BASELINES = tuple((f"compile{'-freeze' * freezing}{'-cpp' * cpp}", None, freezing, cpp)
+                  for freezing in (False, True) for cpp in (False, True)) + (
+    ("compile-max-autotune", "max-autotune", False, False),)
 
 
 def candidates(name: str, batch: int, max_autotune: bool, budget_s: float):
@@ -352,10 +352,9 @@ def candidates(name: str, batch: int, max_autotune: bool, budget_s: float):
         deployed = deployment(model, x, kernels)
         module, choices = deployed.module, sorted(set(deployed.choices().values()))
         fns["deploy"] = (lambda: module(x), "-")
-        for label, freezing, cpp in (("deploy+compile", False, False),
-                                     ("deploy+compile-freeze", True, False),
-                                     ("deploy+compile-freeze-cpp", True, True)):
-            got, why = compiled(module, x, None, budget_s, freezing, cpp)  # unfused baselines
+        for label, _, freezing, cpp in BASELINES[:4]:  # the unfused deploy compiled
+            label = f"deploy+{label}"
+            got, why = compiled(module, x, None, budget_s, freezing, cpp)
             if got is None:
                 notes.append(f"{label}: {why}")
             else:

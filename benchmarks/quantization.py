@@ -1,8 +1,8 @@
 """int8 CPU inference vs fp32, whole models: the demo CNN (Fashion-MNIST shape), a linear-heavy
 MLP and a ResNet-18 (torchvision, 3x224x224), in one interleaved loop per row: fp32 eager,
 fp32 compiled (inductor) without and with freezing (the int8 deploy is frozen, so the frozen
-fp32 is its like-for-like baseline), PT2E int8 (torchao X86InductorQuantizer) compiled with freezing, the
-same without freezing (what happens when the flag is missing), torchao `quantize_` int8
+fp32 is its like-for-like baseline), PT2E int8 (torchao X86InductorQuantizer) compiled with
+freezing (also with inductor's C++ wrapper, as the planner compiles), the same without freezing (what happens when the flag is missing), torchao `quantize_` int8
 dynamic (linears only), our int8 Winograd F(2,3) / F(4,3) for the 3x3 stride-1 convs (BatchNorm
 folded first, the other layers fp32 eager; the same model compiled by inductor with freezing,
 so the other layers run frozen fp32 around our op; and PT2E int8 of that model, so every other
@@ -84,6 +84,9 @@ def candidates(model: nn.Module, calib: list[torch.Tensor]) -> dict[str, tuple[n
             "fp32_compiled": torch.compile(model, dynamic=False),
             "fp32_compiled_freeze": compile_frozen(model),
             "int8_pt2e": to_int8(model, calib),
+            # the planner's lowering calls its kernels from inductor's C++ wrapper: the same for
+            # plain PT2E, so the planner rows can be read against both
+            "int8_pt2e_cpp": compile_frozen(to_int8(model, calib, compile=False), cpp_wrapper=True),
             "int8_pt2e_nofreeze": torch.compile(converted, dynamic=False),
             "int8_quantize_": to_int8_dynamic(model),
             **{f"int8_winograd_f{t}": m for t, m in wino.items()},
