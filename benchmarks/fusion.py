@@ -352,7 +352,9 @@ def candidates(name: str, batch: int, max_autotune: bool, budget_s: float):
         deployed = deployment(model, x, kernels)
         module, choices = deployed.module, sorted(set(deployed.choices().values()))
         fns["deploy"] = (lambda: module(x), "-")
-        for label, _, freezing, cpp in BASELINES[:4]:  # the unfused deploy compiled
+        for label, mode, freezing, cpp in BASELINES:  # the unfused deploy, compiled
+            if mode is not None:  # no max-autotune of the deploy
+                continue
             label = f"deploy+{label}"
             got, why = compiled(module, x, None, budget_s, freezing, cpp)
             if got is None:
