@@ -2,7 +2,8 @@
 MLP and a ResNet-18 (torchvision, 3x224x224), in one interleaved loop per row: fp32 eager,
 fp32 compiled (inductor) without and with freezing (the int8 deploy is frozen, so the frozen
 fp32 is its like-for-like baseline), PT2E int8 (torchao X86InductorQuantizer) compiled with
-freezing (also with inductor's C++ wrapper, as the planner compiles), the same without freezing (what happens when the flag is missing), torchao `quantize_` int8
+freezing (also with inductor's C++ wrapper, as the planner compiles), the same without
+freezing (what happens when the flag is missing), torchao `quantize_` int8
 dynamic (linears only), our int8 Winograd F(2,3) / F(4,3) for the 3x3 stride-1 convs (BatchNorm
 folded first, the other layers fp32 eager; the same model compiled by inductor with freezing,
 so the other layers run frozen fp32 around our op; and PT2E int8 of that model, so every other

@@ -380,6 +380,6 @@ def test_a_pt2e_int8_graph_keeps_onednn_int8_through_the_planner():
     fusion, code = run_and_get_code(lambda: fuse_model(to_int8(model, calib, compile=False), x))
     assert fusion.plan.opaque == []
     code = "".join(code)  # the C++ wrapper calls them through AOTInductor's C shim
-    assert "_qconv_pointwise" in code and "_qlinear_pointwise" in code
+    assert "aoti_torch_cpu__qconv_pointwise" in code and "aoti_torch_cpu__qlinear_pointwise" in code
     with torch.inference_mode():
         torch.testing.assert_close(fusion.module(x), to_int8(model, calib)(x))

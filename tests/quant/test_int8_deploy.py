@@ -124,7 +124,7 @@ def test_int8_deploy_through_the_planner_passes_uint8_into_and_out_of_our_winogr
     first, second = [n for n in gm.graph.nodes if "winograd" in str(n.target)]
     assert "y_scale" in first.kwargs and second.args[0] is first and "x_scale" in second.kwargs
     code = "".join(code)  # the planner's C++ wrapper calls oneDNN through AOTInductor's C shim
-    assert "_qconv_pointwise" in code and "_qlinear_pointwise" in code
+    assert "aoti_torch_cpu__qconv_pointwise" in code and "aoti_torch_cpu__qlinear_pointwise" in code
     assert "winograd_int8_conv2d" in code
 
 

@@ -119,8 +119,8 @@ class WinogradConv2d(nn.Module):
         if self.frozen and not self.training:
             from ..kernels import winograd_ops  # imported here: builds nothing until called
 
-            # no cast of a float32 input: an exported graph would keep it as a node between the
-            # op and the tensor PT2E quantized (see quant.winograd_pt2e)
+            # no cast of a float32 input: export keeps a cast as a node, and PT2E would then
+            # quantize the op's input apart from the producer's output (a requantize kernel)
             f32 = x.dtype == torch.float32
             y = winograd_ops.winograd_int8_conv2d(
                 x if f32 else x.float(), self.u_packed, self.u_sum, self.v_scale_, self.out_scale,
