@@ -10,7 +10,9 @@ folded), the demo CNN with int8 Winograd convs, the demo CNN dense; torchvision'
 (residual add and relu folded into them), both Winograd models through PT2E int8 (the planner
 folds the uint8 quantize / dequantize around our op into it), MobileNetV2 dense,
 all-MiniLM-L6-v2 (pretrained) dense and activation-sparse (FATReLU at 90% zeros, down
-projections on `sparse_input_linear`), a LLaMA-style decoder dense (16 tokens per sequence).
+projections on `sparse_input_linear`, the other linears on the GEMV kernel `gemv_linear`, as
+deploy picks it at a few rows here), the same FFN stack activation-sparse that way, a
+LLaMA-style decoder dense (16 tokens per sequence).
 
     python benchmarks/fusion.py --out runs/fusion   # prints tables and plans, writes CSV
 """
@@ -246,14 +248,14 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], Callable[[int], torch.Tensor], 
     "resnet18_winograd_int8": (winograd_resnet18, images(3, 224, 224), ("dense",)),
     "cnn_winograd_pt2e": (pt2e(winograd_cnn, 1, 28, 28), images(1, 28, 28), ()),
     "resnet18_winograd_pt2e": (pt2e(winograd_resnet18, 3, 224, 224), images(3, 224, 224), ()),
-    "ffn_act90": (act_sparse_ffn_stack, images(768), ("dense",)),
+    "ffn_act90": (act_sparse_ffn_stack, images(768), ("gemv",)),
     "cnn_dense": (lambda: create_model("cnn", num_classes=10, in_channels=1).eval(),
                   images(1, 28, 28), ("bsr16", "csr")),
     "resnet18_direct90": (lambda: sparse_convs(resnet18()), images(3, 224, 224), ("direct",)),
     "resnet18_dense": (resnet18, images(3, 224, 224), ("dense",)),
     "mobilenet_v2_dense": (mobilenet_v2, images(3, 224, 224), ("dense",)),
     "minilm_dense": (minilm, token_ids, ("dense",)),
-    "minilm_act90": (minilm_act90, token_ids, ("dense",)),
+    "minilm_act90": (minilm_act90, token_ids, ("gemv",)),
     "llama_dense": (llama, token_ids, ("dense",)),
 }
 

@@ -12,18 +12,22 @@ from sparseforge.graph.lower import fuse_model, lower
 from sparseforge.kernels import extension
 
 FORMATS = ("bsr", "bcr", "csr")
+LINEARS = (*FORMATS, "gemv")  # the sparse linears and the dense GEMV: one epilogue convention
 aten = torch.ops.aten
 
 
 def sparse(n_in: int, n_out: int, fmt: str, seed: int) -> nn.Module:
-    """A SparseLinear (fmt) whose weight keeps every other 4x4 tile (BSR/BCR/CSR-shaped)."""
-    from sparseforge.kernels import SparseLinear
+    """A SparseLinear (fmt) whose weight keeps every other 4x4 tile (BSR/BCR/CSR-shaped); for
+    fmt "gemv", the same weight in a GemvLinear (dense)."""
+    from sparseforge.kernels import GemvLinear, SparseLinear
 
     torch.manual_seed(seed)
     lin = nn.Linear(n_in, n_out)
     with torch.no_grad():
         keep = (torch.arange(n_out)[:, None] // 4 + torch.arange(n_in) // 4) % 2 == 0
         lin.weight.mul_(keep)
+    if fmt == "gemv":
+        return GemvLinear.from_linear(lin)
     return SparseLinear.from_linear(lin, (4, 4), format=fmt)
 
 
@@ -72,7 +76,7 @@ def check_equal(model: nn.Module, x: torch.Tensor, **kwargs):
     return fusion
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("fmt", LINEARS)
 def test_residual_mlp_epilogues_fold_into_the_kernels(fmt):
     fusion = check_equal(ResidualMLP(fmt), torch.randn(3, 32), compile=False)
     assert [lo.epilogue for lo in fusion.report.lowered] == [["add", "relu"], ["add", "relu"], []]
@@ -83,7 +87,7 @@ def test_residual_mlp_epilogues_fold_into_the_kernels(fmt):
     assert set(fusion.report.bound.values()) == {f"sparseforge::_{fmt}_linear_{extension.best_isa()}"}
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("fmt", LINEARS)
 @pytest.mark.parametrize("approximate", ["none", "tanh"])
 def test_ffn_block_takes_gelu_and_the_residual_and_leaves_the_norm_to_inductor(fmt, approximate):
     fusion = check_equal(FFNBlock(fmt, approximate), torch.randn(2, 5, 24), compile=False)
@@ -337,9 +341,12 @@ def _winograd_inputs(fn, x: torch.Tensor) -> list[list[torch.Tensor]]:
     return calls
 
 
-def test_sparse_input_linear_takes_the_fatrelu_and_residual_of_a_prosparse_ffn():
+@pytest.mark.parametrize("up", ["linear", "gemv"])
+def test_sparse_input_linear_takes_the_fatrelu_and_residual_of_a_prosparse_ffn(up):
+    """With fc1 on our GEMV kernel the plan grows the FATReLU into fc1's block (a seed's
+    successors come first), which cannot take it: fc2's prologue takes it from there."""
     from sparseforge.activation import FATReLU
-    from sparseforge.kernels import SparseInputLinear
+    from sparseforge.kernels import GemvLinear, SparseInputLinear
 
     torch.manual_seed(9)
     fc1, fc2 = nn.Linear(24, 96), nn.Linear(96, 24)
@@ -347,18 +354,21 @@ def test_sparse_input_linear_takes_the_fatrelu_and_residual_of_a_prosparse_ffn()
     class FFN(nn.Module):  # relu(x + fc2(FATReLU(fc1(x)))), fc2 skipping the FATReLU's zeros
         def __init__(self) -> None:
             super().__init__()
-            self.fc1, self.act, self.fc2 = fc1, FATReLU(0.3), SparseInputLinear.from_linear(fc2)
+            self.fc1 = GemvLinear.from_linear(fc1) if up == "gemv" else fc1
+            self.act, self.fc2 = FATReLU(0.3), SparseInputLinear.from_linear(fc2)
 
         def forward(self, x):
             return torch.relu(x + self.fc2(self.act(self.fc1(x))))
 
     fusion = check_equal(FFN(), torch.randn(2, 5, 24), compile=False)
-    [lowered] = fusion.report.lowered
+    lowered = fusion.report.lowered[-1]
     assert lowered.epilogue == ["add", "relu"]
     assert lowered.prologue == ["ge", "zeros_like", "where"]
+    if up == "gemv":
+        assert [lo.left_to_inductor for lo in fusion.report.lowered] == [[], []]
     ops = _ops(fusion.module.graph_module)
-    assert ops == ["aten.linear.default",
-                   f"sparseforge._sparse_input_linear_{extension.best_isa()}.default"]
+    first = f"sparseforge._gemv_linear_{extension.best_isa()}.default" if up == "gemv" else "aten.linear.default"
+    assert ops == [first, f"sparseforge._sparse_input_linear_{extension.best_isa()}.default"]
     call = next(n for n in fusion.module.graph_module.graph.nodes if "sparse_input" in str(n.target))
     assert call.kwargs["input_threshold"] == pytest.approx(0.3)
 

@@ -164,7 +164,7 @@ def test_errors_name_the_shapes(call, match):
 
 @settings(max_examples=40, deadline=None)
 @given(
-    h=st.integers(1, 40), i=st.integers(1, 80), n=st.integers(1, 40), batch=st.integers(1, 16),
+    h=st.integers(1, 40), i=st.integers(1, 80), n=st.integers(1, 40), batch=st.integers(1, 20),
     threshold=st.sampled_from([0.0, 0.5, 2.0, -0.5, 1e9]), isa=st.sampled_from(ISAS),
     seed=st.integers(0, 2**16),
 )

@@ -30,6 +30,7 @@ aten = torch.ops.aten
 # our ops whose C++ kernel applies the epilogue (activation, residual arguments)
 EPILOGUE_KERNELS = frozenset({"sparseforge::bsr_linear", "sparseforge::bcr_linear",
                               "sparseforge::csr_linear", "sparseforge::nm_linear",
+                              "sparseforge::gemv_linear",
                               "sparseforge::sparse_conv2d", "sparseforge::sparse_input_linear"})
 # our ops whose kernel takes a residual but only a ReLU (a `relu` flag, in the output transform)
 RELU_KERNELS = frozenset({"sparseforge::winograd_int8_conv2d"})
@@ -86,9 +87,11 @@ def _has_epilogue(node: Node) -> bool:
             or bool(bound.get("relu", False)) or bound.get("input_threshold") is not None)
 
 
-def _fatrelu_input(seed: Node, members: set[str]) -> tuple[Node, float, list[Node]] | None:
+def _fatrelu_input(seed: Node) -> tuple[Node, float, list[Node]] | None:
     """(v, t, nodes) when the seed's input is FATReLU(v, t) as export writes it,
-    where(ge(v, t), v, zeros_like(v)), every node of it inside the block and used only there."""
+    where(ge(v, t), v, zeros_like(v)), each node of it used only by the next. Its nodes may lie
+    in the block before (grown as the epilogue of a kernel that cannot take a FATReLU, e.g. the
+    GEMV up projection): used by nothing else, they move into the seed all the same."""
     where = seed.args[0]
     if not (isinstance(where, Node) and where.target is aten.where.self and len(where.args) == 3):
         return None
@@ -98,7 +101,8 @@ def _fatrelu_input(seed: Node, members: set[str]) -> tuple[Node, float, list[Nod
             and zero.target is aten.zeros_like.default and zero.args[0] is v):
         return None
     nodes = [cond, zero, where]
-    if any(n.name not in members or _only_user(n, members) is None for n in nodes):
+    if any([u for u in n.users if u not in _checks(n)] != [nxt]
+           for n, nxt in ((cond, where), (zero, where), (where, seed))):
         return None
     return v, float(cond.args[1]), nodes
 
@@ -190,7 +194,7 @@ def lower_epilogues(gm: fx.GraphModule, plan: FusionPlan) -> list[Lowered]:
             changes |= {"y_scale": quant[1], "y_zero_point": quant[2]}
             absorbed.append(user)
             epilogue.append("quantize_per_tensor")
-        fat = _fatrelu_input(seed, members) if kind in PROLOGUE_KERNELS else None
+        fat = _fatrelu_input(seed) if kind in PROLOGUE_KERNELS else None
         if fat is not None:
             changes |= {"a": fat[0], "input_threshold": fat[1]}
         # the dequantize may sit in the block before (the quantize -> dequantize pair after
@@ -220,10 +224,17 @@ def lower_epilogues(gm: fx.GraphModule, plan: FusionPlan) -> list[Lowered]:
                 gm.graph.erase_node(check)
             gm.graph.erase_node(n)
         taken = {n.name for n in [*prologue, *absorbed]}
-        rest = [op for name, op in zip(block.nodes, block.ops, strict=True) if name not in taken and op != "getitem"]
         order = [n.name for n in prologue if n.name not in members] + block.nodes  # prologue first
-        done.append(Lowered(block.id, op_name(seed.target), epilogue, sorted(taken, key=order.index), rest,
+        done.append(Lowered(block.id, op_name(seed.target), epilogue, sorted(taken, key=order.index), [],
                             prologue_ops))
+    # what each block leaves to inductor, once every block is lowered: a later kernel's
+    # prologue may have taken ops of an earlier block
+    present = {n.name for n in gm.graph.nodes}
+    blocks = {b.id: b for b in plan.blocks}
+    for lo in done:
+        block = blocks[lo.block]
+        lo.left_to_inductor = [op for name, op in zip(block.nodes, block.ops, strict=True)
+                               if name in present and name not in lo.nodes and op != "getitem"]
     gm.graph.lint()
     gm.recompile()
     return done

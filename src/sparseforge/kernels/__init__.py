@@ -2,6 +2,7 @@
 import) and the modules that call them."""
 
 from .activation_sparse import ReluGatedFFN, SparseInputLinear
+from .gemv_linear import GemvLinear
 from .ops import (
     bcr_linear,
     bcr_linear_reference,
@@ -9,6 +10,8 @@ from .ops import (
     bsr_linear_reference,
     csr_linear,
     csr_linear_reference,
+    gemv_linear,
+    gemv_linear_reference,
     nm_linear,
     nm_linear_reference,
     relu_gated_ffn,
@@ -20,8 +23,9 @@ from .sparse_conv import DirectSparseConv2d, SparseConv2d
 from .sparse_linear import SparseLinear
 
 __all__ = [
-    "DirectSparseConv2d", "ReluGatedFFN", "SparseConv2d", "SparseInputLinear", "SparseLinear",
-    "bcr_linear", "bcr_linear_reference", "bsr_linear", "bsr_linear_reference", "csr_linear",
-    "csr_linear_reference", "nm_linear", "nm_linear_reference", "relu_gated_ffn", "relu_gated_ffn_reference", "sparse_input_linear",
+    "DirectSparseConv2d", "GemvLinear", "ReluGatedFFN", "SparseConv2d", "SparseInputLinear",
+    "SparseLinear", "bcr_linear", "bcr_linear_reference", "bsr_linear", "bsr_linear_reference",
+    "csr_linear", "csr_linear_reference", "gemv_linear", "gemv_linear_reference", "nm_linear",
+    "nm_linear_reference", "relu_gated_ffn", "relu_gated_ffn_reference", "sparse_input_linear",
     "sparse_input_linear_reference",
 ]

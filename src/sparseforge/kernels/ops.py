@@ -453,6 +453,51 @@ def nm_linear(
 _BOUND_FAKES["nm_linear"] = _nm_linear_fake
 
 
+# --- Dense linear at a few rows (GEMV) ------------------------------------------------------
+# weight (out_features, K) float32, as nn.Linear holds it. CPU only: csrc/cpu/gemv_linear.cpp
+# streams the weight once across every thread at up to 16 rows of x (over that it runs
+# at::linear, epilogue after), where MKL's batch-1 GEMV measured at about one core's bandwidth.
+
+lib.define(f"gemv_linear(Tensor x, Tensor weight, Tensor? bias, {_EPILOGUE_SCHEMA}) -> Tensor")
+
+
+def gemv_linear_reference(
+    x: Tensor, weight: Tensor, bias: Tensor | None, activation: str = "none",
+    residual: Tensor | None = None,
+) -> Tensor:
+    """y = act(x @ W^T + b + residual) (see `epilogue_reference`): F.linear, then the epilogue."""
+    return epilogue_reference(F.linear(x, weight, bias), activation, residual)
+
+
+@torch.library.register_fake("sparseforge::gemv_linear", lib=lib)
+def _gemv_linear_fake(
+    x: Tensor, weight: Tensor, bias: Tensor | None, activation: str = "none",
+    residual: Tensor | None = None,
+) -> Tensor:
+    torch._check(weight.dim() == 2, lambda: "weight must be (out_features, in_features)")
+    torch._check(x.shape[-1] == weight.shape[1],
+                 lambda: f"x (..., {x.shape[-1]}) does not match weight {tuple(weight.shape)}")
+    _check_epilogue((*x.shape[:-1], weight.shape[0]), activation, residual)
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))  # (..., N)
+
+
+def _gemv_linear_cpu(*args: object) -> Tensor:
+    return extension.kernel("gemv_linear")(*args)
+
+
+lib.impl("gemv_linear", _gemv_linear_cpu, "CPU")
+_BOUND_FAKES["gemv_linear"] = _gemv_linear_fake
+
+
+def gemv_linear(
+    x: Tensor, weight: Tensor, bias: Tensor | None, activation: str = "none",
+    residual: Tensor | None = None,
+) -> Tensor:
+    """`torch.ops.sparseforge.gemv_linear`: `gemv_linear_reference` with the weight streamed by
+    every thread at once (C++, CPU float32)."""
+    return eager_op("gemv_linear", x)(x, weight, bias, activation, residual)
+
+
 # --- CUDA: the sparse linears through Triton ------------------------------------------------
 
 def _sparse_linear_triton() -> ModuleType:

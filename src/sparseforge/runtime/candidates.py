@@ -180,3 +180,24 @@ def _nm_build(module: nn.Module) -> nn.Module:
 
 
 register_candidate(Candidate("nm", (nn.Linear,), _nm_applies, _nm_build, targets=("cpu", "cuda")))
+
+
+def _gemv_applies(module: nn.Module, mask: Tensor | None) -> bool | str:
+    """The dense GEMV linear (kernels.GemvLinear): float32 and a built kernel. Dense weights, so
+    any Linear fits; `deploy` keeps it where it measures faster, i.e. at a few rows."""
+    from ..kernels.extension import kernel_available
+
+    if module.weight.dtype != torch.float32:
+        return f"weight is {module.weight.dtype}; the GEMV kernel is float32 only"
+    if not kernel_available("gemv_linear"):
+        return "the GEMV C++ kernel did not build here (see the warning)"
+    return True
+
+
+def _gemv_build(module: nn.Module) -> nn.Module:
+    from ..kernels import GemvLinear
+
+    return GemvLinear.from_linear(module)
+
+
+register_candidate(Candidate("gemv", (nn.Linear,), _gemv_applies, _gemv_build))
