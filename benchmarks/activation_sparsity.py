@@ -14,8 +14,6 @@ tokens share no active neurons beyond chance).
 from __future__ import annotations
 
 import argparse
-import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -24,7 +22,7 @@ import torch.nn.functional as F
 from sparseforge.kernels import ops
 from sparseforge.kernels.extension import kernel_available
 from sparseforge.profile import machine_info
-from sparseforge.profile.latency import interleaved
+from sparseforge.profile.latency import checked_medians
 from sparseforge.profile.rows import write_csv
 
 SHAPES = ((384, 1536), (4096, 11008))  # (hidden H, intermediate I): down projection I -> H
@@ -47,21 +45,6 @@ def gather_matmul(a: torch.Tensor, weight_t: torch.Tensor,
     return torch.addmm(bias, a.index_select(1, active), weight_t.index_select(0, active))
 
 
-def check(fn: Callable[[], torch.Tensor], ref: torch.Tensor, name: str) -> None:
-    atol = RTOL * max(1.0, float(ref.abs().max()))
-    try:
-        torch.testing.assert_close(fn(), ref, rtol=0, atol=atol)
-    except AssertionError as e:
-        raise SystemExit(f"{name} disagrees with dense: {e}") from e
-
-
-def timed(fns: dict[str, Callable[[], object]]) -> dict[str, float]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return {n: t.median_ms for n, t in
-                interleaved(fns, rounds=ROUNDS, repeats=REPEATS).items()}
-
-
 def down_row(h: int, i: int, s: float, batch: int, g: torch.Generator) -> dict[str, object]:
     """Dense, gather-then-matmul and ours on the (i -> h) down projection; print the row."""
     w = torch.randn(h, i, generator=g) / i**0.5  # (H, I) as nn.Linear holds it
@@ -69,10 +52,8 @@ def down_row(h: int, i: int, s: float, batch: int, g: torch.Generator) -> dict[s
     a = sparse_activation(batch, i, s, g)  # (B, I)
     fns = {"dense": lambda: F.linear(a, w, bias), "gather": lambda: gather_matmul(a, wt, bias),
            "ours": lambda: ops.sparse_input_linear(a, wt, bias)}
-    ref = fns["dense"]()
-    for name in ("gather", "ours"):
-        check(fns[name], ref, name)
-    t = timed(fns)
+    t = checked_medians(fns, reference="dense", rtol=RTOL, rounds=ROUNDS, repeats=REPEATS,
+                        where=f"down {h}x{i}, {s:.0%}, batch {batch}")
     row = {"op": "down_proj", "shape": f"{h}x{i}", "sparsity": s, "batch": batch,
            "active_fraction": float((a != 0).any(0).float().mean()), "dense_ms": t["dense"],
            "gather_ms": t["gather"], "ours_ms": t["ours"],
@@ -97,8 +78,8 @@ def ffn_row(h: int, i: int, s: float, batch: int, g: torch.Generator) -> dict[st
         return F.linear(torch.where(gt >= thr, gt, 0.0) * F.linear(x, wu), wd)
 
     fns = {"dense": dense, "ours": lambda: ops.relu_gated_ffn(x, wg, wu, wdt, thr)}
-    check(fns["ours"], dense(), "ours")
-    t = timed(fns)
+    t = checked_medians(fns, reference="dense", rtol=RTOL, rounds=ROUNDS, repeats=REPEATS,
+                        where=f"gated FFN {h}x{i}, {s:.0%}, batch {batch}")
     row = {"op": "gated_ffn", "shape": f"{h}x{i}", "sparsity": s, "batch": batch,
            "active_fraction": float((gate >= thr).any(0).float().mean()), "dense_ms": t["dense"],
            "gather_ms": None, "ours_ms": t["ours"], "speedup_vs_dense": t["dense"] / t["ours"],

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import torch.nn.functional as F
 from sparseforge.kernels import ops
 from sparseforge.kernels.extension import best_isa, kernel_available
 from sparseforge.profile import machine_info
-from sparseforge.profile.latency import interleaved
+from sparseforge.profile.latency import checked_medians
 from sparseforge.profile.rows import write_csv
 
 SHAPES = ((1536, 384), (384, 1536), (3072, 768), (768, 3072), (4096, 4096), (11008, 4096),
@@ -44,7 +43,8 @@ def rotating(calls: list[Callable[[], torch.Tensor]]) -> Callable[[], torch.Tens
     return lambda: next(it)()
 
 
-def candidates(w: torch.Tensor, b: torch.Tensor, x: torch.Tensor) -> dict[str, Callable[[], torch.Tensor]]:
+def candidates(w: torch.Tensor, b: torch.Tensor,
+               x: torch.Tensor) -> dict[str, Callable[[], torch.Tensor]]:
     """The four ways to compute F.linear(x, w, b) on one weight copy (packing done here)."""
     batch = x.shape[0]
     mkl_packed = torch.ops.mkl._mkl_reorder_linear_weight(w, batch)
@@ -62,23 +62,14 @@ def bench_row(n: int, k: int, batch: int, cache: str, g: torch.Generator) -> dic
     x = torch.randn(batch, k, generator=g)
     per_copy = [candidates(torch.randn(n, k, generator=g) / k**0.5, torch.randn(n, generator=g), x)
                 for _ in range(copies)]
-    for fns in per_copy[:1]:
-        ref = fns["dense"]()
-        for name, fn in fns.items():
-            atol = RTOL * max(1.0, float(ref.abs().max()))
-            try:
-                torch.testing.assert_close(fn(), ref, rtol=0, atol=atol)
-            except AssertionError as e:
-                raise SystemExit(f"{name} disagrees with F.linear at {n}x{k}, batch {batch}: {e}") from e
     fns = {name: rotating([c[name] for c in per_copy]) for name in per_copy[0]}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        t = {name: tm.median_ms for name, tm in
-             interleaved(fns, rounds=ROUNDS, repeats=REPEATS).items()}
+    t = checked_medians(fns, reference="dense", rtol=RTOL, where=f"{n}x{k}, batch {batch}",
+                        rounds=ROUNDS, repeats=REPEATS)
     peer = min(PEERS, key=t.__getitem__)
     row = {"shape": f"{n}x{k}", "batch": batch, "cache": cache,
            **{f"{name}_ms": ms for name, ms in t.items()},
-           "best_peer": peer, "vs_dense": t["dense"] / t["ours"], "vs_best_peer": t[peer] / t["ours"],
+           "best_peer": peer, "vs_dense": t["dense"] / t["ours"],
+           "vs_best_peer": t[peer] / t["ours"],
            "ours_gb_s": n * k * 4 / (t["ours"] * 1e6)}
     print(f"{row['shape']:>11} {batch:5d} {cache:>5} {t['dense']:9.3f} {t['mkl_linear']:10.3f} "
           f"{t['onednn']:9.3f} {t['ours']:8.3f} {row['vs_dense']:8.2f}x "

@@ -11,7 +11,6 @@ row is timed in one interleaved loop, its output checked against F.conv2d first.
 from __future__ import annotations
 
 import argparse
-import warnings
 from pathlib import Path
 
 import torch
@@ -21,7 +20,7 @@ from torch import nn
 from sparseforge.kernels.extension import best_isa, kernel_available
 from sparseforge.kernels.sparse_conv import DirectSparseConv2d
 from sparseforge.profile import machine_info
-from sparseforge.profile.latency import interleaved
+from sparseforge.profile.latency import checked_medians
 from sparseforge.profile.rows import write_csv
 from sparseforge.sparsity import schemes
 
@@ -59,16 +58,8 @@ def bench_row(cin: int, cout: int, hw: int, stride: int, sparsity: float, batch:
                                                                          "none", [], ""),
         "ours": lambda: ours(x),
     }
-    ref = fns["dense"]()
-    for name, fn in fns.items():
-        atol = RTOL * max(1.0, float(ref.abs().max()))
-        try:
-            torch.testing.assert_close(fn(), ref, rtol=0, atol=atol)
-        except AssertionError as e:
-            raise SystemExit(f"{name} disagrees with F.conv2d at {cin}->{cout}, {hw}x{hw}: {e}") from e
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        t = {n: tm.median_ms for n, tm in interleaved(fns, rounds=ROUNDS, repeats=REPEATS).items()}
+    t = checked_medians(fns, reference="dense", rtol=RTOL, where=f"{cin}->{cout}, {hw}x{hw}",
+                        rounds=ROUNDS, repeats=REPEATS)
     peer = min(PEERS, key=t.__getitem__)
     out_hw = (hw + 2 - 3) // stride + 1
     nonzero_macs = int((w != 0).sum()) * out_hw * out_hw * batch
@@ -100,7 +91,8 @@ def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     if not kernel_available("sparse_conv2d"):
-        raise SystemExit("the sparseforge sparse_conv2d kernel did not build; see the warning above")
+        raise SystemExit("the sparseforge sparse_conv2d kernel did not build; see the warning "
+                         "above")
     info = machine_info()
     print(f"CPU: {info['cpu_model']} ({info['cpu_capability']}), torch {info['torch_version']}, "
           f"threads {info['torch_threads']}; our kernel's variant: {best_isa()}")

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from sparseforge.profile.latency import model_latency
+from sparseforge.profile.latency import checked_medians, model_latency
 from sparseforge.profile.timing import Timing
 
 
@@ -61,3 +61,13 @@ def test_compare_latency_times_every_model_on_every_batch_size():
         assert all(t.repeats == 6 for t in per_batch.values())  # 3 rounds x 2 repeats
     # same number of calls for each model: warm-up 3 + 1 + 1, plus 6 timed, per batch size
     assert calls["a"] == calls["b"] == 2 * (3 + 1 + 1 + 6)
+
+
+def test_checked_medians_times_every_candidate_and_stops_at_a_wrong_one():
+    x = torch.randn(8, 8)
+    fns = {"dense": lambda: x @ x, "same": lambda: torch.mm(x, x)}
+    medians = checked_medians(fns, reference="dense", rtol=1e-5, where="8x8", rounds=1, repeats=2)
+    assert set(medians) == {"dense", "same"} and all(m > 0 for m in medians.values())
+    wrong = {**fns, "off": lambda: x @ x + 1e-2}
+    with pytest.raises(SystemExit, match="off disagrees with dense at 8x8"):
+        checked_medians(wrong, reference="dense", rtol=1e-5, where="8x8", rounds=1, repeats=2)

@@ -45,6 +45,29 @@ def interleaved(
     return {name: Timing.from_samples(s) for name, s in samples.items()}
 
 
+def checked_medians(
+    fns: Mapping[str, Callable[[], torch.Tensor]], *, reference: str, rtol: float, where: str,
+    rounds: int, repeats: int,
+) -> dict[str, float]:
+    """Median ms of each of `fns`, timed side by side (`interleaved`), after checking that every
+    one returns `fns[reference]()`'s output to `rtol` times its largest magnitude: a kernel
+    benchmark must not time a wrong answer. SystemExit naming the one that disagrees and `where`
+    (e.g. the shape). Warnings raised while timing are silenced (they repeat per call)."""
+    import warnings
+
+    ref = fns[reference]()
+    atol = rtol * max(1.0, float(ref.abs().max())) if ref.numel() else rtol
+    for name, fn in fns.items():
+        try:
+            torch.testing.assert_close(fn(), ref, rtol=0, atol=atol)
+        except AssertionError as e:
+            raise SystemExit(f"{name} disagrees with {reference} at {where}: {e}") from e
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        timings = interleaved(fns, rounds=rounds, repeats=repeats)
+    return {name: t.median_ms for name, t in timings.items()}
+
+
 def compare_latency(
     models: Mapping[str, nn.Module],
     example_input_shape: tuple[int, ...],
