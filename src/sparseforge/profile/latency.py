@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 
 import torch
@@ -53,8 +54,6 @@ def checked_medians(
     one returns `fns[reference]()`'s output to `rtol` times its largest magnitude: a kernel
     benchmark must not time a wrong answer. SystemExit naming the one that disagrees and `where`
     (e.g. the shape). Warnings raised while timing are silenced (they repeat per call)."""
-    import warnings
-
     ref = fns[reference]()
     atol = rtol * max(1.0, float(ref.abs().max())) if ref.numel() else rtol
     for name, fn in fns.items():
