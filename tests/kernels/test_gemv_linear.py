@@ -1,7 +1,9 @@
 """sparseforge::gemv_linear against F.linear followed by the epilogue in PyTorch, on every ISA
 path this CPU runs: the 8-row tile (batch 1), the 4-row x token-pair tiles (2-16 rows), the
 leftover rows and columns, and at::linear past 16 rows; opcheck; GemvLinear; the deploy
-candidate; the reference fallback."""
+candidate and a deployment using it saved and loaded; the reference fallback."""
+
+import importlib
 
 import pytest
 import torch
@@ -11,10 +13,12 @@ from hypothesis import strategies as st
 from torch import nn
 
 from sparseforge.kernels import GemvLinear, extension, gemv_linear_reference, ops
-from sparseforge.runtime import CANDIDATES
+from sparseforge.profile import Timing
+from sparseforge.runtime import CANDIDATES, DeployedModel, deploy
 from sparseforge.runtime.candidates import check
 
 ISAS = extension.supported_isas()
+deploy_module = importlib.import_module("sparseforge.runtime.deploy")  # the module, not the function
 
 
 def assert_close_rel(y: torch.Tensor, ref: torch.Tensor) -> None:
@@ -119,3 +123,21 @@ def test_without_the_kernel_the_module_falls_back_to_the_reference(broken_source
         y = layer(x)
     assert torch.equal(y, F.linear(x, lin.weight, lin.bias))
     assert "did not build" in check(CANDIDATES.get("gemv"), lin, None, "cpu")
+
+
+def test_a_deployment_choosing_gemv_saves_and_loads(tmp_path, monkeypatch):
+    def gemv_fastest(modules, x, device, repeats, rounds):
+        return {n: Timing.from_samples([1e-4 if n == "gemv" else 1e-3]) for n in modules}
+
+    monkeypatch.setattr(deploy_module, "time_side_by_side", gemv_fastest)
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(24, 40), nn.ReLU(), nn.Linear(40, 5)).eval()
+    x = torch.randn(1, 24)
+    deployed = deploy(model, x, candidates=["gemv"], repeats=1, rounds=1)
+    assert set(deployed.choices().values()) == {"gemv"}
+    deployed.save(tmp_path)
+    loaded = DeployedModel.load(tmp_path, model)
+    assert isinstance(loaded.module[0], GemvLinear)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), deployed(x))
+        assert_close_rel(loaded(x), model(x))
