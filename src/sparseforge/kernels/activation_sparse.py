@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from . import extension, ops
+from . import ops
 
 _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -30,8 +30,8 @@ def _use_op(x: Tensor, op: str) -> bool:
     check runs in eager calls only, so it never breaks the graph."""
     if x.shape[0] > MAX_ROWS:
         return False
-    if x.device.type == "cpu" and x.dtype == torch.float32:
-        return torch.compiler.is_compiling() or extension.kernel_available(op, ops.ACT_SPARSE_FILE)
+    if ops.cpu_kernel_runs(x, op):
+        return True
     if x.device.type == "cuda" and x.dtype in _TRITON_DTYPES:
         from .triton_act_sparse import has_triton
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from . import extension, ops
+from . import ops
 
 
 class GemvLinear(nn.Module):
@@ -27,10 +27,7 @@ class GemvLinear(nn.Module):
             return cls(linear.weight, linear.bias)
 
     def forward(self, x: Tensor) -> Tensor:  # (..., in) -> (..., out)
-        use_kernel = x.device.type == "cpu" and x.dtype == torch.float32
-        # under torch.compile the op stays an opaque call (its fake impl gives the shape); the
-        # build check runs in eager calls only, so it never breaks the graph
-        if use_kernel and (torch.compiler.is_compiling() or extension.kernel_available("gemv_linear")):
+        if ops.cpu_kernel_runs(x, "gemv_linear"):
             return ops.gemv_linear(x, self.weight, self.bias)
         return ops.gemv_linear_reference(x, self.weight, self.bias)
 

@@ -272,6 +272,15 @@ def kernel_builds(name: str) -> bool:
     return extension.kernel_available(name, file=KERNEL_FILES.get(name), variants=_variants(name))
 
 
+def cpu_kernel_runs(x: Tensor, name: str) -> bool:
+    """Whether a module calls `sparseforge::<name>` on `x` rather than the op's reference: x is
+    float32 on the CPU and the C++ kernel builds here (warns once if not). Under torch.compile
+    the op stays an opaque call (its fake impl gives the shape) and the build check is left to
+    eager calls, so it never breaks the graph."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32
+            and (torch.compiler.is_compiling() or kernel_builds(name)))
+
+
 # --- Activation sparsity (ProSparse-style ReLU / FATReLU FFNs) -------------------------------
 # The zeros are in the activation, not the weight: a zero a[:, k] skips row k of W^T (K, N),
 # so weights arrive transposed (W^T, row-major), transposed once at deploy. Both ops are built
@@ -279,6 +288,7 @@ def kernel_builds(name: str) -> bool:
 
 ACT_SPARSE_FILE = "act_sparse_ffn"  # csrc/cpu/act_sparse_ffn.cpp defines both ops
 KERNEL_FILES["sparse_input_linear"] = ACT_SPARSE_FILE
+KERNEL_FILES["relu_gated_ffn"] = ACT_SPARSE_FILE
 # input_threshold: the prologue FATReLU(a, threshold), applied as the kernel scans a for zeros
 lib.define(f"sparse_input_linear(Tensor a, Tensor weight_t, Tensor? bias, {_EPILOGUE_SCHEMA}, "
            "float? input_threshold=None) -> Tensor")

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from ..formats import CSR
 from ..sparsity.masks import get_mask
-from . import conv_ops, extension
+from . import conv_ops, ops
 from .sparse_linear import SparseLinear
 
 
@@ -103,9 +103,7 @@ class DirectSparseConv2d(nn.Module):
         args = (x, self.crow_indices, self.col_indices, self.values, self.bias,
                 list(self.kernel_size), list(self.stride), list(self.padding), [1, 1],
                 self.activation, residual)
-        use_kernel = x.device.type == "cpu" and x.dtype == torch.float32
-        if use_kernel and (torch.compiler.is_compiling()
-                           or extension.kernel_available("sparse_conv2d")):
+        if ops.cpu_kernel_runs(x, "sparse_conv2d"):
             return conv_ops.sparse_conv2d(*args)
         return conv_ops.sparse_conv2d_reference(*args)
 

@@ -13,7 +13,7 @@ from sparseforge.formats import BCR, BSR, CSR, NM
 from sparseforge.formats.nm import detect_nm
 from sparseforge.sparsity.masks import get_mask
 
-from . import extension, ops
+from . import ops
 
 FORMATS: dict[str, type[BSR] | type[BCR] | type[CSR] | type[NM]] = {
     "bsr": BSR, "bcr": BCR, "csr": CSR, "nm": NM,
@@ -125,10 +125,7 @@ class SparseLinear(nn.Module):
             args = (*args, *self.nm)
         if x.device.type == "cuda" and self.format in CUDA_FORMATS:
             return fast(*args)  # Triton (triton_sparse_linear.py)
-        use_kernel = x.device.type == "cpu" and x.dtype == torch.float32
-        # under torch.compile the op stays an opaque call (its fake impl gives the shape); the
-        # build check runs in eager calls only, so it never breaks the graph
-        if use_kernel and (torch.compiler.is_compiling() or extension.kernel_available(f"{self.format}_linear")):
+        if ops.cpu_kernel_runs(x, f"{self.format}_linear"):
             return fast(*args)
         return reference(*args)
 
