@@ -60,9 +60,15 @@ def _checks(node: Node) -> list[Node]:
     return [u for u in node.users if u.op == "call_function" and op_name(u.target) in NO_COMPUTE]
 
 
-def _only_user(node: Node, members: set[str]) -> Node | None:
+def _sole_user(node: Node) -> Node | None:
+    """The one user of `node` that computes something, None when there are none or several."""
     users = [u for u in node.users if u not in _checks(node)]
-    return users[0] if len(users) == 1 and users[0].name in members else None
+    return users[0] if len(users) == 1 else None
+
+
+def _only_user(node: Node, members: set[str]) -> Node | None:
+    user = _sole_user(node)
+    return user if user is not None and user.name in members else None
 
 
 def _uint8_qparams(node: object, name: str) -> tuple[Node, float, int] | None:
@@ -101,8 +107,7 @@ def _fatrelu_input(seed: Node) -> tuple[Node, float, list[Node]] | None:
             and zero.target is aten.zeros_like.default and zero.args[0] is v):
         return None
     nodes = [cond, zero, where]
-    if any([u for u in n.users if u not in _checks(n)] != [nxt]
-           for n, nxt in ((cond, where), (zero, where), (where, seed))):
+    if any(_sole_user(n) is not nxt for n, nxt in ((cond, where), (zero, where), (where, seed))):
         return None
     return v, float(cond.args[1]), nodes
 
